@@ -1,0 +1,1 @@
+//! Rendering of xDS resources in Envoy's JSON shape.
