@@ -1,0 +1,228 @@
+//! Clusters (CDS) and their endpoints (EDS).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use mizzen_xds::pb::envoy::config::cluster::v3::{
+    Cluster,
+    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
+};
+use mizzen_xds::pb::envoy::config::core::v3::{
+    Address, Http2ProtocolOptions, SocketAddress, address, socket_address,
+};
+use mizzen_xds::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint as EndpointProto, LbEndpoint, LocalityLbEndpoints,
+    lb_endpoint::HostIdentifier,
+};
+use mizzen_xds::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
+use mizzen_xds::server::Resource;
+
+use super::{ads_config_source, duration, resource};
+use crate::model::{Model, Service, ServicePort};
+use crate::node::{ProxyKind, ProxyNode};
+
+/// Istio's default connect timeout for outbound clusters.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+pub fn outbound_cluster_name(port: u16, subset: &str, hostname: &str) -> String {
+    format!("outbound|{port}|{subset}|{hostname}")
+}
+
+pub fn inbound_cluster_name(port: u16) -> String {
+    format!("inbound|{port}||")
+}
+
+/// Parses `outbound|PORT|SUBSET|HOST`.
+fn parse_outbound(name: &str) -> Option<(u16, &str, &str)> {
+    let mut parts = name.splitn(4, '|');
+    if parts.next()? != "outbound" {
+        return None;
+    }
+    let port = parts.next()?.parse().ok()?;
+    let subset = parts.next()?;
+    let host = parts.next()?;
+    Some((port, subset, host))
+}
+
+pub fn clusters(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
+    let mut out = Vec::new();
+    for service in model.services.values() {
+        for port in &service.ports {
+            let rule = model.destination_rule(&service.hostname, &proxy.namespace);
+            let lb = rule
+                .and_then(|r| r.spec.traffic_policy.as_ref())
+                .and_then(lb_policy);
+            out.push(eds_cluster(outbound_cluster_name(port.port, "", &service.hostname), port, lb));
+            for subset in rule.map(|r| r.spec.subsets.as_slice()).unwrap_or_default() {
+                let lb = subset.traffic_policy.as_ref().and_then(lb_policy).or(lb);
+                out.push(eds_cluster(
+                    outbound_cluster_name(port.port, &subset.name, &service.hostname),
+                    port,
+                    lb,
+                ));
+            }
+        }
+    }
+    if proxy.kind == ProxyKind::Sidecar {
+        for (target_port, http2) in inbound_ports(model, proxy) {
+            out.push(static_cluster(inbound_cluster_name(target_port), proxy.app_host, target_port, http2));
+        }
+    }
+    out
+}
+
+/// The workload ports a sidecar receives traffic on, from the services that
+/// select its workload, with whether the app speaks HTTP/2 there. Only HTTP
+/// ports for now: TCP proxying arrives with transparent capture.
+pub fn inbound_ports(model: &Model, proxy: &ProxyNode) -> BTreeMap<u16, bool> {
+    let workload = model.workload_of(proxy);
+    let mut ports = BTreeMap::new();
+    for service in model.services_of(&proxy.namespace, &proxy.labels) {
+        for port in service.ports.iter().filter(|p| p.protocol.is_http()) {
+            let target = match &workload {
+                Some(w) => Model::target_port(port, w),
+                None => match &port.target_port {
+                    crate::model::TargetPort::Number(n) => Some(*n),
+                    crate::model::TargetPort::Named(_) => None,
+                },
+            };
+            if let Some(target) = target {
+                *ports.entry(target).or_insert(false) |= port.protocol.is_http2();
+            }
+        }
+    }
+    ports
+}
+
+fn lb_policy(policy: &mizzen_api::networking::TrafficPolicy) -> Option<LbPolicy> {
+    use mizzen_api::networking::SimpleLb;
+    let simple = policy.load_balancer.as_ref()?.simple?;
+    Some(match simple {
+        SimpleLb::Random => LbPolicy::Random,
+        SimpleLb::LeastRequest | SimpleLb::LeastConn => LbPolicy::LeastRequest,
+        _ => LbPolicy::RoundRobin,
+    })
+}
+
+fn http_options(http2: bool) -> BTreeMap<String, mizzen_xds::pb::google::protobuf::Any> {
+    if !http2 {
+        return BTreeMap::new();
+    }
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            Http2ProtocolOptions::default(),
+                        ),
+                    ),
+                },
+            ),
+        ),
+        ..Default::default()
+    };
+    BTreeMap::from([(HTTP_PROTOCOL_OPTIONS.to_string(), mizzen_xds::pack(&options))])
+}
+
+fn eds_cluster(name: String, port: &ServicePort, lb: Option<LbPolicy>) -> Resource {
+    let cluster = Cluster {
+        name: name.clone(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads_config_source()),
+            service_name: name.clone(),
+        }),
+        connect_timeout: Some(duration(CONNECT_TIMEOUT)),
+        lb_policy: lb.unwrap_or(LbPolicy::RoundRobin) as i32,
+        typed_extension_protocol_options: http_options(port.protocol.is_http2())
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    resource(name, &cluster)
+}
+
+fn static_cluster(name: String, host: IpAddr, port: u16, http2: bool) -> Resource {
+    let cluster = Cluster {
+        name: name.clone(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        connect_timeout: Some(duration(CONNECT_TIMEOUT)),
+        load_assignment: Some(load_assignment(&name, [(host, port)])),
+        typed_extension_protocol_options: http_options(http2).into_iter().collect(),
+        ..Default::default()
+    };
+    resource(name, &cluster)
+}
+
+pub fn socket_address(ip: IpAddr, port: u16) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn load_assignment(
+    cluster: &str,
+    endpoints: impl IntoIterator<Item = (IpAddr, u16)>,
+) -> ClusterLoadAssignment {
+    let lb_endpoints: Vec<LbEndpoint> = endpoints
+        .into_iter()
+        .map(|(ip, port)| LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(EndpointProto {
+                address: Some(socket_address(ip, port)),
+                ..Default::default()
+            })),
+            load_balancing_weight: Some(mizzen_xds::pb::google::protobuf::UInt32Value { value: 1 }),
+            ..Default::default()
+        })
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: cluster.to_string(),
+        endpoints: if lb_endpoints.is_empty() {
+            Vec::new()
+        } else {
+            vec![LocalityLbEndpoints {
+                lb_endpoints,
+                ..Default::default()
+            }]
+        },
+        ..Default::default()
+    }
+}
+
+/// EDS: every requested cluster gets an answer, empty when unknown, so that
+/// a proxy never waits for endpoints that will not come.
+pub fn load_assignments(model: &Model, names: &[String]) -> Vec<Resource> {
+    names
+        .iter()
+        .map(|name| {
+            let endpoints = parse_outbound(name)
+                .and_then(|(port, subset, host)| {
+                    let service: &Service = model.services.get(host)?;
+                    let service_port = service.port(port)?;
+                    let labels = if subset.is_empty() {
+                        None
+                    } else {
+                        Some(model.subset_labels(host, subset, &service.namespace)?)
+                    };
+                    Some(
+                        model
+                            .endpoints(service, service_port, labels.as_ref())
+                            .into_iter()
+                            .map(|e| (e.address, e.port))
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .unwrap_or_default();
+            resource(name.clone(), &load_assignment(name, endpoints))
+        })
+        .collect()
+}
