@@ -75,7 +75,11 @@ async fn config_dump(
         .get(id)
         .cloned();
     let Some(proxy) = known else {
-        return (StatusCode::NOT_FOUND, format!("no proxy {id} has connected")).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no proxy {id} has connected"),
+        )
+            .into_response();
     };
     let model = state.model.load();
     Json(crate::translate::dump(&model, &proxy)).into_response()

@@ -82,7 +82,10 @@ impl PilotState {
         self.model.store(Arc::new(model));
         self.config.store(Arc::new(snapshot));
         self.generation.send_modify(|g| *g += 1);
-        tracing::info!(generation = *self.generation.borrow(), "config applied; pushing to proxies");
+        tracing::info!(
+            generation = *self.generation.borrow(),
+            "config applied; pushing to proxies"
+        );
     }
 
     pub fn generation(&self) -> u64 {
@@ -98,7 +101,10 @@ pub struct MeshGenerator {
 impl Generator for MeshGenerator {
     type Proxy = ProxyNode;
 
-    fn identify(&self, node: &mizzen_xds::pb::envoy::config::core::v3::Node) -> Result<ProxyNode, String> {
+    fn identify(
+        &self,
+        node: &mizzen_xds::pb::envoy::config::core::v3::Node,
+    ) -> Result<ProxyNode, String> {
         let proxy = ProxyNode::from_node(node)?;
         self.state
             .proxies
@@ -133,12 +139,14 @@ impl Pilot {
             Arc::new(move |snapshot| watch_state.update(snapshot)),
         )?;
 
-        let xds_listener = TcpListener::bind(options.xds_address)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen for xDS on {}: {e}", options.xds_address))?;
+        let xds_listener = TcpListener::bind(options.xds_address).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen for xDS on {}: {e}", options.xds_address)
+        })?;
         let xds_address = xds_listener.local_addr()?;
         let ads = AdsServer::new(
-            Arc::new(MeshGenerator { state: state.clone() }),
+            Arc::new(MeshGenerator {
+                state: state.clone(),
+            }),
             state.generation.subscribe(),
             state.sync.clone(),
         );
@@ -155,7 +163,9 @@ impl Pilot {
 
         let debug_listener = TcpListener::bind(options.debug_address)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen for debug on {}: {e}", options.debug_address))?;
+            .map_err(|e| {
+                anyhow::anyhow!("cannot listen for debug on {}: {e}", options.debug_address)
+            })?;
         let debug_address = debug_listener.local_addr()?;
         let debug = tokio::spawn(debug::serve(debug_listener, state.clone()));
         tracing::info!(%xds_address, %debug_address, config_dir = %options.config_dir.display(), "pilot started");

@@ -132,7 +132,10 @@ impl Service {
 }
 
 /// Whether every label of `selector` is present with the same value.
-pub fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub fn labels_match(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -176,7 +179,9 @@ impl Model {
             let name = resource.name().to_string();
             match resource {
                 Resource::Service(service) => model.add_service(service),
-                Resource::Workload(workload) => model.add_workload(WorkloadInstance::from(workload)),
+                Resource::Workload(workload) => {
+                    model.add_workload(WorkloadInstance::from(workload))
+                }
                 Resource::WorkloadEntry(entry) => model.add_workload(WorkloadInstance::from(entry)),
                 Resource::VirtualService(vs) => model.virtual_services.push(Config {
                     name,
@@ -221,7 +226,10 @@ impl Model {
         let mut ports = Vec::new();
         for port in spec.ports.unwrap_or_default() {
             let Ok(number) = u16::try_from(port.port) else {
-                self.warnings.push(format!("Service {namespace}/{name}: port {} is out of range", port.port));
+                self.warnings.push(format!(
+                    "Service {namespace}/{name}: port {} is out of range",
+                    port.port
+                ));
                 continue;
             };
             let target_port = match port.target_port {
@@ -296,7 +304,9 @@ impl Model {
             .values()
             .filter(|s| {
                 s.namespace == namespace
-                    && s.selector.as_ref().is_some_and(|sel| !sel.is_empty() && labels_match(sel, labels))
+                    && s.selector
+                        .as_ref()
+                        .is_some_and(|sel| !sel.is_empty() && labels_match(sel, labels))
             })
             .collect()
     }
@@ -314,7 +324,9 @@ impl Model {
         let dots = host.matches('.').count();
         match dots {
             0 => format!("{host}.{namespace}{suffix}"),
-            1 if self.services.contains_key(&format!("{host}{suffix}")) => format!("{host}{suffix}"),
+            1 if self.services.contains_key(&format!("{host}{suffix}")) => {
+                format!("{host}{suffix}")
+            }
             _ => host.to_string(),
         }
     }
@@ -324,7 +336,11 @@ impl Model {
     /// The workload a sidecar fronts: same namespace, and the proxy's address
     /// or, failing that, its name.
     pub fn workload_of(&self, proxy: &crate::node::ProxyNode) -> Option<&Workload> {
-        let same_namespace = || self.workloads.iter().filter(|w| w.namespace == proxy.namespace);
+        let same_namespace = || {
+            self.workloads
+                .iter()
+                .filter(|w| w.namespace == proxy.namespace)
+        };
         same_namespace()
             .find(|w| w.address == proxy.ip)
             .or_else(|| same_namespace().find(|w| w.name == proxy.name))
@@ -360,13 +376,22 @@ impl Model {
         candidates
             .iter()
             .find(|dr| dr.namespace == namespace)
-            .or_else(|| candidates.iter().find(|dr| Some(dr.namespace.as_str()) == service_namespace))
+            .or_else(|| {
+                candidates
+                    .iter()
+                    .find(|dr| Some(dr.namespace.as_str()) == service_namespace)
+            })
             .or_else(|| candidates.first())
             .copied()
     }
 
     /// The labels of a DestinationRule subset of a service host.
-    pub fn subset_labels(&self, hostname: &str, subset: &str, namespace: &str) -> Option<BTreeMap<String, String>> {
+    pub fn subset_labels(
+        &self,
+        hostname: &str,
+        subset: &str,
+        namespace: &str,
+    ) -> Option<BTreeMap<String, String>> {
         let rule = self.destination_rule(hostname, namespace)?;
         let subset = rule.spec.subsets.iter().find(|s| s.name == subset)?;
         Some(subset.labels.clone().into_iter().collect())
@@ -401,10 +426,11 @@ impl Model {
             .filter(applies)
             .find(|vs| hosts(vs).iter().any(|h| h == hostname))
             .or_else(|| {
-                self.virtual_services
-                    .iter()
-                    .filter(applies)
-                    .find(|vs| hosts(vs).iter().any(|h| crate::translate::host_covers(h, hostname)))
+                self.virtual_services.iter().filter(applies).find(|vs| {
+                    hosts(vs)
+                        .iter()
+                        .any(|h| crate::translate::host_covers(h, hostname))
+                })
             })
     }
 }

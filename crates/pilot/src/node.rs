@@ -71,7 +71,12 @@ impl ProxyNode {
             .as_ref()
             .map(mizzen_xds::structs::from_struct)
             .unwrap_or_default();
-        let string = |key: &str| metadata.get(key).and_then(|v| v.as_str()).map(str::to_string);
+        let string = |key: &str| {
+            metadata
+                .get(key)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
         let (pod_name, pod_namespace) = pod.rsplit_once('.').unwrap_or((pod, "default"));
         let namespace = string("NAMESPACE").unwrap_or_else(|| pod_namespace.to_string());
         let name = string("NAME").unwrap_or_else(|| pod_name.to_string());
@@ -81,10 +86,16 @@ impl ProxyNode {
                 .iter()
                 .map(|(k, v)| match v {
                     serde_json::Value::String(s) => Ok((k.clone(), s.clone())),
-                    other => Err(format!("node metadata LABELS.{k}: expected a string, got {other}")),
+                    other => Err(format!(
+                        "node metadata LABELS.{k}: expected a string, got {other}"
+                    )),
                 })
                 .collect::<Result<_, _>>()?,
-            Some(other) => return Err(format!("node metadata LABELS: expected an object, got {other}")),
+            Some(other) => {
+                return Err(format!(
+                    "node metadata LABELS: expected an object, got {other}"
+                ));
+            }
         };
         let interception = match string("INTERCEPTION_MODE").as_deref() {
             None | Some("REDIRECT") => InterceptionMode::Redirect,
@@ -96,9 +107,9 @@ impl ProxyNode {
             }
         };
         let app_host = match string(APP_HOST_METADATA) {
-            Some(host) => host
-                .parse()
-                .map_err(|_| format!("node metadata {APP_HOST_METADATA}: {host:?} is not an IP address"))?,
+            Some(host) => host.parse().map_err(|_| {
+                format!("node metadata {APP_HOST_METADATA}: {host:?} is not an IP address")
+            })?,
             None => IpAddr::from([127, 0, 0, 1]),
         };
         Ok(Self {
@@ -122,7 +133,9 @@ mod tests {
     fn node(id: &str, metadata: serde_json::Value) -> Node {
         Node {
             id: id.to_string(),
-            metadata: Some(mizzen_xds::structs::to_struct(metadata.as_object().unwrap())),
+            metadata: Some(mizzen_xds::structs::to_struct(
+                metadata.as_object().unwrap(),
+            )),
             ..Default::default()
         }
     }
@@ -147,8 +160,11 @@ mod tests {
     fn rejects_malformed_ids_with_a_reason() {
         let err = ProxyNode::from_node(&node("sidecar~nope", serde_json::json!({}))).unwrap_err();
         assert!(err.contains("is not of the form"), "{err}");
-        let err = ProxyNode::from_node(&node("waypoint~1.2.3.4~a.b~b.svc.cluster.local", serde_json::json!({})))
-            .unwrap_err();
+        let err = ProxyNode::from_node(&node(
+            "waypoint~1.2.3.4~a.b~b.svc.cluster.local",
+            serde_json::json!({}),
+        ))
+        .unwrap_err();
         assert!(err.contains("not sidecar or router"), "{err}");
         let err = ProxyNode::from_node(&node(
             "router~1.2.3.4~a.b~b.svc.cluster.local",

@@ -18,18 +18,31 @@ fn model(dir: &Path) -> Model {
     Model::build(&snapshot, "cluster.local")
 }
 
-fn proxy(kind: ProxyKind, ip: &str, name: &str, namespace: &str, labels: &[(&str, &str)]) -> ProxyNode {
+fn proxy(
+    kind: ProxyKind,
+    ip: &str,
+    name: &str,
+    namespace: &str,
+    labels: &[(&str, &str)],
+) -> ProxyNode {
     let ip: IpAddr = ip.parse().unwrap();
     ProxyNode {
         id: format!(
             "{}~{ip}~{name}.{namespace}~{namespace}.svc.cluster.local",
-            if kind == ProxyKind::Sidecar { "sidecar" } else { "router" }
+            if kind == ProxyKind::Sidecar {
+                "sidecar"
+            } else {
+                "router"
+            }
         ),
         kind,
         ip,
         name: name.to_string(),
         namespace: namespace.to_string(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         service_account: "default".to_string(),
         interception: InterceptionMode::None,
         app_host: "127.0.0.1".parse().unwrap(),
@@ -37,16 +50,23 @@ fn proxy(kind: ProxyKind, ip: &str, name: &str, namespace: &str, labels: &[(&str
 }
 
 fn check(case: &str, file: &str, proxy: &ProxyNode) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(case);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(case);
     let model = model(&dir);
-    let actual = serde_json::to_string_pretty(&mizzen_pilot::translate::dump(&model, proxy)).unwrap() + "\n";
+    let actual =
+        serde_json::to_string_pretty(&mizzen_pilot::translate::dump(&model, proxy)).unwrap() + "\n";
     let expected_path = dir.join(file);
     if std::env::var_os("MIZZEN_UPDATE_GOLDEN").is_some() {
         std::fs::write(&expected_path, &actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&expected_path)
-        .unwrap_or_else(|_| panic!("{} is missing: run with MIZZEN_UPDATE_GOLDEN=1", expected_path.display()));
+    let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: run with MIZZEN_UPDATE_GOLDEN=1",
+            expected_path.display()
+        )
+    });
     pretty_assertions::assert_eq!(expected, actual, "{}", expected_path.display());
 }
 
@@ -55,7 +75,13 @@ fn routing_sidecar_of_productpage() {
     check(
         "routing",
         "productpage-sidecar.json",
-        &proxy(ProxyKind::Sidecar, "10.0.0.1", "productpage-v1", "bookinfo", &[("app", "productpage"), ("version", "v1")]),
+        &proxy(
+            ProxyKind::Sidecar,
+            "10.0.0.1",
+            "productpage-v1",
+            "bookinfo",
+            &[("app", "productpage"), ("version", "v1")],
+        ),
     );
 }
 
@@ -64,11 +90,23 @@ fn demo_gateway_and_sidecar() {
     check(
         "demo",
         "ingressgateway.json",
-        &proxy(ProxyKind::Router, "127.0.0.1", "istio-ingressgateway", "istio-system", &[("istio", "ingressgateway")]),
+        &proxy(
+            ProxyKind::Router,
+            "127.0.0.1",
+            "istio-ingressgateway",
+            "istio-system",
+            &[("istio", "ingressgateway")],
+        ),
     );
     check(
         "demo",
         "service-a-sidecar.json",
-        &proxy(ProxyKind::Sidecar, "127.10.0.1", "service-a", "istioinaction", &[("app", "service-a"), ("version", "v1")]),
+        &proxy(
+            ProxyKind::Sidecar,
+            "127.10.0.1",
+            "service-a",
+            "istioinaction",
+            &[("app", "service-a"), ("version", "v1")],
+        ),
     );
 }

@@ -56,7 +56,11 @@ pub fn clusters(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
             let lb = rule
                 .and_then(|r| r.spec.traffic_policy.as_ref())
                 .and_then(lb_policy);
-            out.push(eds_cluster(outbound_cluster_name(port.port, "", &service.hostname), port, lb));
+            out.push(eds_cluster(
+                outbound_cluster_name(port.port, "", &service.hostname),
+                port,
+                lb,
+            ));
             for subset in rule.map(|r| r.spec.subsets.as_slice()).unwrap_or_default() {
                 let lb = subset.traffic_policy.as_ref().and_then(lb_policy).or(lb);
                 out.push(eds_cluster(
@@ -69,7 +73,12 @@ pub fn clusters(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
     }
     if proxy.kind == ProxyKind::Sidecar {
         for (target_port, http2) in inbound_ports(model, proxy) {
-            out.push(static_cluster(inbound_cluster_name(target_port), proxy.app_host, target_port, http2));
+            out.push(static_cluster(
+                inbound_cluster_name(target_port),
+                proxy.app_host,
+                target_port,
+                http2,
+            ));
         }
     }
     out
@@ -126,7 +135,10 @@ fn http_options(http2: bool) -> BTreeMap<String, mizzen_xds::pb::google::protobu
         ),
         ..Default::default()
     };
-    BTreeMap::from([(HTTP_PROTOCOL_OPTIONS.to_string(), mizzen_xds::pack(&options))])
+    BTreeMap::from([(
+        HTTP_PROTOCOL_OPTIONS.to_string(),
+        mizzen_xds::pack(&options),
+    )])
 }
 
 fn eds_cluster(name: String, port: &ServicePort, lb: Option<LbPolicy>) -> Resource {

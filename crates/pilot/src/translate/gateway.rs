@@ -24,7 +24,10 @@ struct BoundServer<'a> {
 /// The Gateways that select this proxy, grouped by the port the proxy
 /// listens on: a server's port is the gateway Service's port, and Istio
 /// listens on the matching target port of the gateway workload.
-fn servers_by_listener_port<'a>(model: &'a Model, proxy: &ProxyNode) -> BTreeMap<u16, Vec<BoundServer<'a>>> {
+fn servers_by_listener_port<'a>(
+    model: &'a Model,
+    proxy: &ProxyNode,
+) -> BTreeMap<u16, Vec<BoundServer<'a>>> {
     let services = model.services_of(&proxy.namespace, &proxy.labels);
     let workload = model.workload_of(proxy);
     let mut out: BTreeMap<u16, Vec<BoundServer<'a>>> = BTreeMap::new();
@@ -92,7 +95,10 @@ pub fn routes(model: &Model, proxy: &ProxyNode, names: &[String]) -> Vec<Resourc
     let servers = servers_by_listener_port(model, proxy);
     let mut out = Vec::new();
     for name in names {
-        let Some(port) = name.strip_prefix("http.").and_then(|p| p.parse::<u16>().ok()) else {
+        let Some(port) = name
+            .strip_prefix("http.")
+            .and_then(|p| p.parse::<u16>().ok())
+        else {
             continue;
         };
         let mut hosts: BTreeMap<String, VirtualHost> = BTreeMap::new();
@@ -105,8 +111,12 @@ pub fn routes(model: &Model, proxy: &ProxyNode, names: &[String]) -> Vec<Resourc
                 let routes = route::virtual_service_routes(model, vs, server.port, &gateway_ref);
                 for vs_host in &vs.spec.hosts {
                     for server_host in server.hosts {
-                        let Some(host) = bound_host(vs_host, &vs.namespace, server_host, &server.gateway.namespace)
-                        else {
+                        let Some(host) = bound_host(
+                            vs_host,
+                            &vs.namespace,
+                            server_host,
+                            &server.gateway.namespace,
+                        ) else {
                             continue;
                         };
                         let entry = hosts.entry(host.clone()).or_insert_with(|| VirtualHost {
@@ -143,7 +153,10 @@ fn binds(vs: &Config<mizzen_api::networking::VirtualService>, namespace: &str, n
             Some((ns, n)) => (ns.to_string(), n.to_string()),
             None => match reference.split_once('.') {
                 // `name.namespace.svc.cluster.local`, the older form.
-                Some((n, rest)) => (rest.split('.').next().unwrap_or(rest).to_string(), n.to_string()),
+                Some((n, rest)) => (
+                    rest.split('.').next().unwrap_or(rest).to_string(),
+                    n.to_string(),
+                ),
                 None => (vs.namespace.clone(), reference.clone()),
             },
         };
@@ -154,7 +167,12 @@ fn binds(vs: &Config<mizzen_api::networking::VirtualService>, namespace: &str, n
 /// The host a VirtualService host serves on a Gateway server host, honouring
 /// the server's `namespace/host` restriction: the more specific of the two
 /// when one covers the other.
-fn bound_host(vs_host: &str, vs_namespace: &str, server_host: &str, gateway_namespace: &str) -> Option<String> {
+fn bound_host(
+    vs_host: &str,
+    vs_namespace: &str,
+    server_host: &str,
+    gateway_namespace: &str,
+) -> Option<String> {
     let (allowed_namespace, host) = match server_host.split_once('/') {
         Some((ns, host)) => (ns, host),
         None => ("*", server_host),
@@ -193,11 +211,26 @@ mod tests {
 
     #[test]
     fn server_hosts_restrict_namespaces() {
-        assert_eq!(bound_host("a.example.com", "x", "*/a.example.com", "gw"), Some("a.example.com".into()));
-        assert_eq!(bound_host("a.example.com", "x", "./a.example.com", "gw"), None);
-        assert_eq!(bound_host("a.example.com", "gw", "./a.example.com", "gw"), Some("a.example.com".into()));
+        assert_eq!(
+            bound_host("a.example.com", "x", "*/a.example.com", "gw"),
+            Some("a.example.com".into())
+        );
+        assert_eq!(
+            bound_host("a.example.com", "x", "./a.example.com", "gw"),
+            None
+        );
+        assert_eq!(
+            bound_host("a.example.com", "gw", "./a.example.com", "gw"),
+            Some("a.example.com".into())
+        );
         assert_eq!(bound_host("a.example.com", "x", "y/*", "gw"), None);
-        assert_eq!(bound_host("*", "x", "*.example.com", "gw"), Some("*.example.com".into()));
-        assert_eq!(bound_host("a.example.com", "x", "b.example.com", "gw"), None);
+        assert_eq!(
+            bound_host("*", "x", "*.example.com", "gw"),
+            Some("*.example.com".into())
+        );
+        assert_eq!(
+            bound_host("a.example.com", "x", "b.example.com", "gw"),
+            None
+        );
     }
 }

@@ -24,7 +24,11 @@ pub enum Routes {
     Inline(RouteConfiguration),
 }
 
-pub fn http_connection_manager(stat_prefix: String, routes: Routes, explicit_proxy: bool) -> Filter {
+pub fn http_connection_manager(
+    stat_prefix: String,
+    routes: Routes,
+    explicit_proxy: bool,
+) -> Filter {
     let route_specifier = match routes {
         Routes::Rds(name) => RouteSpecifier::Rds(Rds {
             config_source: Some(ads_config_source()),

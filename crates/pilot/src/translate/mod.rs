@@ -28,7 +28,12 @@ pub const OUTBOUND_PORT: u16 = 15001;
 pub const HTTP_PROXY_ROUTE: &str = "http_proxy";
 
 /// The resources of one type for `proxy`; `names` narrows RDS and EDS.
-pub fn generate(model: &Model, proxy: &ProxyNode, type_url: &str, names: &[String]) -> Vec<Resource> {
+pub fn generate(
+    model: &Model,
+    proxy: &ProxyNode,
+    type_url: &str,
+    names: &[String],
+) -> Vec<Resource> {
     let all = match type_url {
         type_url::CLUSTER => cluster::clusters(model, proxy),
         type_url::ENDPOINT => cluster::load_assignments(model, names),
@@ -45,7 +50,9 @@ pub fn generate(model: &Model, proxy: &ProxyNode, type_url: &str, names: &[Strin
     if names.is_empty() || matches!(type_url, type_url::ENDPOINT) {
         return all;
     }
-    all.into_iter().filter(|r| names.contains(&r.name)).collect()
+    all.into_iter()
+        .filter(|r| names.contains(&r.name))
+        .collect()
 }
 
 /// Everything `proxy` would be sent, in Envoy's config_dump JSON shape.
@@ -104,7 +111,9 @@ fn route_names(listeners: &[Resource]) -> Vec<String> {
         .flat_map(|l| l.filter_chains)
         .flat_map(|c| c.filters)
         .filter_map(|f| match f.config_type {
-            Some(filter::ConfigType::TypedConfig(any)) => mizzen_xds::unpack::<HttpConnectionManager>(&any).ok(),
+            Some(filter::ConfigType::TypedConfig(any)) => {
+                mizzen_xds::unpack::<HttpConnectionManager>(&any).ok()
+            }
             _ => None,
         })
         .filter_map(|hcm| match hcm.route_specifier {

@@ -97,7 +97,13 @@ pub fn sidecar_routes(model: &Model, proxy: &ProxyNode, names: &[String]) -> Vec
 
 /// The names a client in `namespace` may use for a service: the short name
 /// only from its own namespace, as Kubernetes DNS search paths allow.
-fn service_domains(model: &Model, service: &Service, port: u16, namespace: &str, portless: bool) -> Vec<String> {
+fn service_domains(
+    model: &Model,
+    service: &Service,
+    port: u16,
+    namespace: &str,
+    portless: bool,
+) -> Vec<String> {
     let mut hosts = Vec::new();
     if service.namespace == namespace {
         hosts.push(service.name.clone());
@@ -118,7 +124,12 @@ fn service_domains(model: &Model, service: &Service, port: u16, namespace: &str,
 
 /// Routes of one service port for sidecars: those of the VirtualService that
 /// applies, else one route to the service.
-fn service_routes(model: &Model, service: &Service, port: u16, proxy_namespace: &str) -> Vec<Route> {
+fn service_routes(
+    model: &Model,
+    service: &Service,
+    port: u16,
+    proxy_namespace: &str,
+) -> Vec<Route> {
     match model.virtual_service_for(&service.hostname, proxy_namespace, "mesh") {
         Some(vs) => virtual_service_routes(model, vs, port, "mesh"),
         None => vec![forward_all(
@@ -146,10 +157,15 @@ pub fn virtual_service_routes(
             continue;
         };
         if http.r#match.is_empty() {
-            routes.push(route(route_name, RouteMatch {
-                path_specifier: Some(PathSpecifier::Prefix("/".to_string())),
-                ..Default::default()
-            }, action, http));
+            routes.push(route(
+                route_name,
+                RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".to_string())),
+                    ..Default::default()
+                },
+                action,
+                http,
+            ));
             // A route without match conditions catches everything: the rest
             // can never be reached.
             break;
@@ -161,7 +177,11 @@ pub fn virtual_service_routes(
             if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == gateway) {
                 continue;
             }
-            let name = m.name.as_ref().map(|n| format!("{route_name}.{n}")).unwrap_or_else(|| route_name.clone());
+            let name = m
+                .name
+                .as_ref()
+                .map(|n| format!("{route_name}.{n}"))
+                .unwrap_or_else(|| route_name.clone());
             routes.push(route(name, route_match(m), action.clone(), http));
         }
     }
@@ -169,7 +189,8 @@ pub fn virtual_service_routes(
 }
 
 fn route(name: String, r#match: RouteMatch, action: Action, http: &HttpRoute) -> Route {
-    let (request_add, request_remove, response_add, response_remove) = header_operations(http.headers.as_ref());
+    let (request_add, request_remove, response_add, response_remove) =
+        header_operations(http.headers.as_ref());
     Route {
         name,
         r#match: Some(r#match),
@@ -182,7 +203,12 @@ fn route(name: String, r#match: RouteMatch, action: Action, http: &HttpRoute) ->
     }
 }
 
-type HeaderOps = (Vec<HeaderValueOption>, Vec<String>, Vec<HeaderValueOption>, Vec<String>);
+type HeaderOps = (
+    Vec<HeaderValueOption>,
+    Vec<String>,
+    Vec<HeaderValueOption>,
+    Vec<String>,
+);
 
 fn header_operations(headers: Option<&mizzen_api::networking::Headers>) -> HeaderOps {
     let mut out: HeaderOps = Default::default();
@@ -192,10 +218,18 @@ fn header_operations(headers: Option<&mizzen_api::networking::Headers>) -> Heade
     let convert = |ops: &mizzen_api::networking::HeaderOperations| {
         let mut add = Vec::new();
         for (name, value) in &ops.set {
-            add.push(header_value(name, value, HeaderAppendAction::OverwriteIfExistsOrAdd));
+            add.push(header_value(
+                name,
+                value,
+                HeaderAppendAction::OverwriteIfExistsOrAdd,
+            ));
         }
         for (name, value) in &ops.add {
-            add.push(header_value(name, value, HeaderAppendAction::AppendIfExistsOrAdd));
+            add.push(header_value(
+                name,
+                value,
+                HeaderAppendAction::AppendIfExistsOrAdd,
+            ));
         }
         (add, ops.remove.clone())
     };
@@ -270,7 +304,12 @@ fn route_match(m: &HttpMatchRequest) -> RouteMatch {
     }
 }
 
-fn route_action(model: &Model, vs: &Config<VirtualService>, http: &HttpRoute, port: u16) -> Option<Action> {
+fn route_action(
+    model: &Model,
+    vs: &Config<VirtualService>,
+    http: &HttpRoute,
+    port: u16,
+) -> Option<Action> {
     let mut clusters: Vec<(String, u32)> = Vec::new();
     for destination in &http.route {
         let host = model.resolve_host(&destination.destination.host, &vs.namespace);

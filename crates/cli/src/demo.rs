@@ -1,0 +1,140 @@
+//! `mizzen demo`: the fake-service walkthrough on one machine.
+//!
+//! service-a calls service-b and service-c; service-c has a v1 and a v2, and
+//! v2 fails half of its requests. Traffic enters through the ingress gateway
+//! on http://127.0.0.1:8080.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use mizzen_testkit::demo_app::AppConfig;
+
+use crate::local::{AppSpec, LocalMesh, LocalOptions};
+
+/// The demo's config directory contents, written afresh at every start.
+pub const CONFIG_FILES: [(&str, &str); 4] = [
+    ("services.yaml", include_str!("../demo/services.yaml")),
+    ("workloads.yaml", include_str!("../demo/workloads.yaml")),
+    ("gateway.yaml", include_str!("../demo/gateway.yaml")),
+    (
+        "service-c-dr.yaml",
+        include_str!("../demo/service-c-dr.yaml"),
+    ),
+];
+/// Files for the walkthrough's later steps, applied by the user.
+pub const EXAMPLE_FILES: [(&str, &str); 1] = [(
+    "service-c-route.yaml",
+    include_str!("../demo/service-c-route.yaml"),
+)];
+
+/// The port every demo app listens on (the Services' target port).
+const APP_PORT: u16 = 8080;
+
+pub struct DemoOptions {
+    pub dir: PathBuf,
+    pub xds_address: SocketAddr,
+    pub debug_address: SocketAddr,
+}
+
+/// Writes the demo's config and example files below `dir`.
+pub fn write_files(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let config = dir.join("config");
+    let examples = dir.join("examples");
+    if config.exists() {
+        std::fs::remove_dir_all(&config)
+            .with_context(|| format!("resetting {}", config.display()))?;
+    }
+    for (target, files) in [
+        (&config, &CONFIG_FILES[..]),
+        (&examples, &EXAMPLE_FILES[..]),
+    ] {
+        std::fs::create_dir_all(target)
+            .with_context(|| format!("creating {}", target.display()))?;
+        for (name, text) in files {
+            std::fs::write(target.join(name), text).with_context(|| format!("writing {name}"))?;
+        }
+    }
+    Ok((config, examples))
+}
+
+fn app(vars: &[(&str, &str)]) -> anyhow::Result<AppSpec> {
+    let vars: BTreeMap<&str, &str> = vars.iter().copied().collect();
+    let config = AppConfig::from_lookup(|key| vars.get(key).map(|v| v.to_string()))?;
+    Ok(AppSpec {
+        config,
+        port: APP_PORT,
+    })
+}
+
+/// The demo's apps, keyed by workload.
+pub fn apps() -> anyhow::Result<BTreeMap<String, AppSpec>> {
+    Ok(BTreeMap::from([
+        (
+            "istioinaction/service-a".to_string(),
+            app(&[
+                ("NAME", "service-a"),
+                ("VERSION", "v1"),
+                ("UPSTREAM_URIS", "http://service-b:80,http://service-c:80"),
+            ])?,
+        ),
+        (
+            "istioinaction/service-b".to_string(),
+            app(&[("NAME", "service-b"), ("VERSION", "v1")])?,
+        ),
+        (
+            "istioinaction/service-c-v1".to_string(),
+            app(&[("NAME", "service-c"), ("VERSION", "v1")])?,
+        ),
+        (
+            "istioinaction/service-c-v2".to_string(),
+            app(&[
+                ("NAME", "service-c"),
+                ("VERSION", "v2"),
+                ("ERROR_RATE", "0.5"),
+                ("ERROR_CODE", "500"),
+            ])?,
+        ),
+    ]))
+}
+
+pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
+    let (config_dir, examples) = write_files(&options.dir)?;
+    println!(
+        "Mizzen demo: local loopback runtime (pods in network namespaces are not available in this version)."
+    );
+    println!("config directory: {}", config_dir.display());
+    let mut mesh = LocalMesh::start(LocalOptions {
+        config_dir: config_dir.clone(),
+        xds_address: options.xds_address,
+        debug_address: options.debug_address,
+        apps: apps()?,
+    })
+    .await?;
+    mesh.register(&config_dir)?;
+    println!(
+        "pilot: xDS on {}, debug on http://{}/debug/syncz",
+        mesh.pilot.xds_address(),
+        mesh.pilot.debug_address()
+    );
+    for (name, proxy) in &mesh.proxies {
+        println!("proxy {name}: admin on http://{}/", proxy.admin_address());
+    }
+    println!();
+    println!("The mesh is ready. Try:");
+    println!(
+        "  for i in $(seq 10); do curl -s -o /dev/null -w '%{{http_code}}\\n' http://127.0.0.1:8080/; done"
+    );
+    println!("  curl -s http://127.0.0.1:8080/");
+    println!("service-c v2 fails half of its requests. Send service-c to v1 only:");
+    println!(
+        "  mizzen apply -f {}",
+        examples.join("service-c-route.yaml").display()
+    );
+    println!("Ctrl-C stops the mesh.");
+    tokio::signal::ctrl_c().await?;
+    println!("stopping");
+    mesh.stop().await;
+    Ok(())
+}

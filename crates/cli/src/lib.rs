@@ -1,0 +1,7 @@
+//! The `mizzen` command line: the local mesh runtime (`demo`), config changes
+//! (`apply`, `delete`) and the demo app (`app`).
+
+pub mod apply;
+pub mod demo;
+pub mod local;
+pub mod meshes;

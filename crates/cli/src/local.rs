@@ -1,0 +1,209 @@
+//! The local loopback runtime: a whole mesh in one process on one host.
+//!
+//! The pilot serves a config directory; each `Workload` in it gets a
+//! mizzen-proxy (a sidecar, or a gateway for `istio: ingressgateway` /
+//! `istio: egressgateway` workloads) bound to the workload's own loopback
+//! address, and its app (the demo app) on another loopback address beside
+//! it. Without iptables capture, apps reach the mesh through their sidecar as
+//! an explicit HTTP proxy (`HTTP_PROXY=http://ADDRESS:15001`), the way Istio
+//! runs without traffic interception (`INTERCEPTION_MODE=NONE`).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use mizzen_pilot::config::ConfigStore;
+use mizzen_pilot::model::{Model, Workload};
+use mizzen_pilot::{Pilot, PilotOptions};
+use mizzen_proxy::{Proxy, ProxyOptions};
+use mizzen_testkit::demo_app::{self, AppConfig, AppHandle};
+use mizzen_xds::client::Node;
+
+/// Admin port of every proxy, on its own address.
+const ADMIN_PORT: u16 = 15000;
+/// Apps get addresses from here on, one each.
+const FIRST_APP_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 77, 0, 1);
+
+/// An app to run beside a workload's sidecar.
+pub struct AppSpec {
+    pub config: AppConfig,
+    /// The port the app listens on (the Service's target port).
+    pub port: u16,
+}
+
+pub struct LocalOptions {
+    pub config_dir: PathBuf,
+    pub xds_address: SocketAddr,
+    pub debug_address: SocketAddr,
+    /// Apps by workload name (`namespace/name`).
+    pub apps: BTreeMap<String, AppSpec>,
+}
+
+/// A running local mesh.
+pub struct LocalMesh {
+    pub pilot: Pilot,
+    pub proxies: Vec<(String, Proxy)>,
+    apps: Vec<AppHandle>,
+    run_file: Option<PathBuf>,
+}
+
+/// The workloads a config directory declares; config errors stop the start.
+pub fn workloads(config_dir: &Path) -> anyhow::Result<Vec<Workload>> {
+    let mut store = ConfigStore::new(config_dir);
+    store.rescan();
+    let snapshot = store.snapshot();
+    if !snapshot.problems.is_empty() {
+        bail!(
+            "the config directory {} has errors:\n{}",
+            config_dir.display(),
+            snapshot
+                .problems
+                .iter()
+                .map(|p| p.message.clone())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    Ok(Model::build(&snapshot, mizzen_pilot::DEFAULT_DOMAIN_SUFFIX).workloads)
+}
+
+fn gateway_kind(workload: &Workload) -> bool {
+    matches!(
+        workload.labels.get("istio").map(String::as_str),
+        Some("ingressgateway" | "egressgateway")
+    )
+}
+
+impl LocalMesh {
+    pub async fn start(options: LocalOptions) -> anyhow::Result<LocalMesh> {
+        let workloads = workloads(&options.config_dir)?;
+        for workload in &workloads {
+            if !workload.address.is_loopback() {
+                bail!(
+                    "Workload {}/{}: address {} is not a loopback address; the local runtime without root only runs workloads on 127.0.0.0/8",
+                    workload.namespace,
+                    workload.name,
+                    workload.address
+                );
+            }
+        }
+        let pilot = Pilot::start(PilotOptions {
+            xds_address: options.xds_address,
+            debug_address: options.debug_address,
+            ..PilotOptions::new(&options.config_dir)
+        })
+        .await?;
+        let xds_address = format!("http://{}", pilot.xds_address());
+        let mut mesh = LocalMesh {
+            pilot,
+            proxies: Vec::new(),
+            apps: Vec::new(),
+            run_file: None,
+        };
+        let mut next_app = u32::from(FIRST_APP_ADDRESS);
+        let mut app_hosts = BTreeMap::new();
+        for workload in &workloads {
+            let key = format!("{}/{}", workload.namespace, workload.name);
+            let is_gateway = gateway_kind(workload);
+            if !is_gateway && !workload.sidecar {
+                continue;
+            }
+            let app_host = IpAddr::V4(Ipv4Addr::from(next_app));
+            next_app += 1;
+            app_hosts.insert(key.clone(), app_host);
+            let kind = if is_gateway { "router" } else { "sidecar" };
+            let mut metadata = serde_json::Map::new();
+            metadata.insert("NAMESPACE".into(), workload.namespace.clone().into());
+            metadata.insert("NAME".into(), workload.name.clone().into());
+            metadata.insert(
+                "SERVICE_ACCOUNT".into(),
+                workload.service_account.clone().into(),
+            );
+            metadata.insert("LABELS".into(), serde_json::to_value(&workload.labels)?);
+            metadata.insert("INSTANCE_IPS".into(), workload.address.to_string().into());
+            metadata.insert("INTERCEPTION_MODE".into(), "NONE".into());
+            metadata.insert(
+                mizzen_pilot::node::APP_HOST_METADATA.into(),
+                app_host.to_string().into(),
+            );
+            let node = Node {
+                id: format!(
+                    "{kind}~{}~{}.{}~{}.svc.{}",
+                    workload.address,
+                    workload.name,
+                    workload.namespace,
+                    workload.namespace,
+                    mizzen_pilot::DEFAULT_DOMAIN_SUFFIX
+                ),
+                cluster: format!(
+                    "{}.{}",
+                    workload.labels.get("app").unwrap_or(&workload.name),
+                    workload.namespace
+                ),
+                metadata,
+            };
+            let proxy = Proxy::start(ProxyOptions {
+                admin_address: SocketAddr::new(workload.address, ADMIN_PORT),
+                concurrency: 1,
+                drain_timeout: Duration::from_secs(5),
+                ..ProxyOptions::new(xds_address.clone(), node)
+            })
+            .await
+            .with_context(|| format!("starting the proxy of {key}"))?;
+            mesh.proxies.push((key, proxy));
+        }
+        for (key, proxy) in &mesh.proxies {
+            tokio::time::timeout(Duration::from_secs(20), proxy.ready())
+                .await
+                .with_context(|| format!("the proxy of {key} did not become ready within 20 s"))?;
+        }
+        for (key, spec) in options.apps {
+            let Some(workload) = workloads
+                .iter()
+                .find(|w| format!("{}/{}", w.namespace, w.name) == key)
+            else {
+                bail!("no Workload {key} in the config directory for its app");
+            };
+            let host = app_hosts.get(&key).copied().unwrap_or(workload.address);
+            let mut config = spec.config;
+            config.listen_addr = SocketAddr::new(host, spec.port);
+            if workload.sidecar {
+                config.http_proxy = Some(format!(
+                    "http://{}:{}",
+                    workload.address,
+                    mizzen_pilot::translate::OUTBOUND_PORT
+                ));
+            }
+            let listener = tokio::net::TcpListener::bind(config.listen_addr)
+                .await
+                .with_context(|| {
+                    format!("app of {key}: cannot listen on {}", config.listen_addr)
+                })?;
+            mesh.apps.push(demo_app::spawn(config, listener));
+        }
+        Ok(mesh)
+    }
+
+    /// Records this mesh so that `mizzen apply` finds it without flags.
+    pub fn register(&mut self, config_dir: &Path) -> anyhow::Result<()> {
+        let file = crate::meshes::register(config_dir, self.pilot.debug_address())?;
+        self.run_file = Some(file);
+        Ok(())
+    }
+
+    /// Stops apps, drains proxies, stops the pilot.
+    pub async fn stop(self) {
+        for app in self.apps {
+            let _ = app.shutdown().await;
+        }
+        for (_, proxy) in self.proxies {
+            proxy.shutdown().await;
+        }
+        self.pilot.shutdown();
+        if let Some(file) = self.run_file {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The `mizzen` binary: a thin shell over the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Mizzen: an Istio-compatible service mesh with a Rust data plane.
+#[derive(Parser, Debug)]
+#[command(name = "mizzen", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the demo mesh (pilot, ingress gateway on 127.0.0.1:8080, sidecars and apps).
+    Demo {
+        /// Where the demo keeps its config (default: ~/.mizzen/demo).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:15010")]
+        xds_address: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:15014")]
+        debug_address: SocketAddr,
+    },
+    /// Create or update the resources of a file in the running local mesh.
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// The mesh's config directory (default: that of the running local mesh).
+        #[arg(long)]
+        config_dir: Option<PathBuf>,
+    },
+    /// Delete the resources named in a file from the running local mesh.
+    Delete {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[arg(long)]
+        config_dir: Option<PathBuf>,
+    },
+    /// Run the demo app (configured like fake-service: NAME, LISTEN_ADDR, UPSTREAM_URIS, ERROR_RATE, ...).
+    App,
+}
+
+fn init_logging(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Demo {
+            dir,
+            xds_address,
+            debug_address,
+        } => {
+            init_logging("warn");
+            mizzen_cli::demo::run(mizzen_cli::demo::DemoOptions {
+                dir: dir.unwrap_or_else(|| mizzen_cli::meshes::home().join("demo")),
+                xds_address,
+                debug_address,
+            })
+            .await
+        }
+        Command::Apply { file, config_dir } => {
+            let dir = mizzen_cli::meshes::config_dir(config_dir)?;
+            for line in mizzen_cli::apply::apply(&dir, &file)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Delete { file, config_dir } => {
+            let dir = mizzen_cli::meshes::config_dir(config_dir)?;
+            for line in mizzen_cli::apply::delete(&dir, &file)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::App => {
+            init_logging("info");
+            let config = mizzen_testkit::demo_app::AppConfig::from_env()?;
+            mizzen_testkit::demo_app::run(config).await
+        }
+    }
+}

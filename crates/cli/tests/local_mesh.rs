@@ -1,0 +1,118 @@
+//! End to end in one process: the pilot, mizzen-proxy sidecars and gateway,
+//! and the demo apps on private loopback addresses. Changing a VirtualService
+//! file shifts the traffic.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mizzen_cli::local::{LocalMesh, LocalOptions};
+use mizzen_testkit::free_loopback_ip;
+
+/// Writes the demo config with fresh loopback addresses, so that this test
+/// never meets a running demo or another test. Returns the gateway address.
+fn write_config(dir: &Path) -> std::net::Ipv4Addr {
+    let gateway = free_loopback_ip();
+    for (name, text) in mizzen_cli::demo::CONFIG_FILES {
+        let mut text = text.to_string();
+        if name == "workloads.yaml" {
+            for original in ["127.10.0.1", "127.10.0.2", "127.10.0.3", "127.10.0.4"] {
+                text = text.replace(original, &free_loopback_ip().to_string());
+            }
+            text = text.replace("127.0.0.1", &gateway.to_string());
+        }
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    gateway
+}
+
+async fn status_codes(gateway: SocketAddr, count: usize) -> BTreeMap<u16, usize> {
+    let mut codes = BTreeMap::new();
+    for _ in 0..count {
+        let (status, _, _) =
+            mizzen_testkit::http_get(&gateway.to_string(), "example.com", "/", &[])
+                .await
+                .expect("request through the gateway");
+        *codes.entry(status.as_u16()).or_default() += 1;
+    }
+    codes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_service_change_shifts_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway_ip = write_config(dir.path());
+    let mesh = LocalMesh::start(LocalOptions {
+        config_dir: dir.path().to_path_buf(),
+        xds_address: "127.0.0.1:0".parse().unwrap(),
+        debug_address: "127.0.0.1:0".parse().unwrap(),
+        apps: mizzen_cli::demo::apps().unwrap(),
+    })
+    .await
+    .unwrap();
+    let gateway = SocketAddr::from((gateway_ip, 8080));
+
+    // service-c v2 fails half of its requests and gets half of service-c's
+    // traffic: about one request in four fails. P(no 500 in 60) ≈ 3e-8.
+    let before = status_codes(gateway, 60).await;
+    assert!(
+        before.get(&500).copied().unwrap_or(0) > 0,
+        "expected some 500s: {before:?}"
+    );
+    assert!(
+        before.get(&200).copied().unwrap_or(0) > 0,
+        "expected some 200s: {before:?}"
+    );
+    assert_eq!(
+        before.keys().filter(|c| **c != 200 && **c != 500).count(),
+        0,
+        "{before:?}"
+    );
+
+    // The walkthrough's fix: all of service-c's traffic to v1.
+    std::fs::write(
+        dir.path().join("service-c-route.yaml"),
+        mizzen_cli::demo::EXAMPLE_FILES[0].1,
+    )
+    .unwrap();
+    let written = Instant::now();
+    // The shift happened when the streak of successes that follows began.
+    let mut streak_start = Instant::now();
+    let mut consecutive_ok = 0;
+    while consecutive_ok < 40 {
+        assert!(
+            written.elapsed() < Duration::from_secs(10),
+            "traffic never shifted to v1"
+        );
+        let codes = status_codes(gateway, 1).await;
+        if codes.contains_key(&200) {
+            if consecutive_ok == 0 {
+                streak_start = Instant::now();
+            }
+            consecutive_ok += 1;
+        } else {
+            consecutive_ok = 0;
+        }
+    }
+    let shift = streak_start.duration_since(written);
+    assert!(
+        shift < Duration::from_secs(2),
+        "traffic shifted {shift:?} after the change, not within 2 s"
+    );
+    let after = status_codes(gateway, 60).await;
+    assert_eq!(after, BTreeMap::from([(200, 60)]), "after the shift");
+
+    // Every proxy acknowledged every type it was sent.
+    let syncz = mesh.pilot.state().sync.to_json();
+    for proxy in syncz.as_array().unwrap() {
+        for (short, state) in proxy["types"].as_object().unwrap() {
+            assert_eq!(
+                state["state"], "SYNCED",
+                "{} {short}: {state}",
+                proxy["proxy"]
+            );
+        }
+    }
+    mesh.stop().await;
+}

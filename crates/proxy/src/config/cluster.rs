@@ -1,0 +1,314 @@
+//! `Cluster` → [`ClusterConfig`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mizzen_xds::pb;
+use pb::envoy::config::cluster::v3::{Cluster, cluster};
+use pb::envoy::config::core::v3::{ConfigSource, Http1ProtocolOptions, Http2ProtocolOptions, config_source};
+use pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    UpstreamProtocolOptions, explicit_http_config,
+};
+
+use super::check::reject_unknown;
+use super::endpoint::{EndpointSet, compile_in};
+use super::{ConfigError, Scope, duration, fields, join, unpack};
+
+/// Envoy's `connect_timeout` when unset.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Key of the upstream HTTP options in `typed_extension_protocol_options`.
+pub const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub name: Arc<str>,
+    pub discovery: Discovery,
+    pub lb: LbPolicy,
+    pub connect_timeout: Duration,
+    pub protocol: UpstreamProtocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// Endpoints arrive over EDS under this name.
+    Eds { service_name: Arc<str> },
+    Static(Arc<EndpointSet>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    Random,
+    LeastRequest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge.
+    Http2,
+    /// Whatever the downstream request used.
+    Downstream,
+}
+
+impl ClusterConfig {
+    pub fn compile(c: &Cluster) -> Result<ClusterConfig, ConfigError> {
+        let scope = Scope::new("cluster", &c.name);
+        let scope = &scope;
+        reject_unknown(scope, "", c, fields::CLUSTER, |c| {
+            c.name.clear();
+            c.cluster_discovery_type = None;
+            c.eds_cluster_config = None;
+            c.connect_timeout = None;
+            c.lb_policy = 0;
+            c.load_assignment = None;
+            c.typed_extension_protocol_options.clear();
+            c.http2_protocol_options = None;
+            c.metadata = None;
+        })?;
+        if c.name.is_empty() {
+            return Err(scope.missing("name"));
+        }
+        use cluster::{ClusterDiscoveryType, DiscoveryType};
+        let kind = match &c.cluster_discovery_type {
+            None => DiscoveryType::Static,
+            Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(*t)
+                .map_err(|_| scope.invalid("type", "unknown enum value"))?,
+            Some(ClusterDiscoveryType::ClusterType(_)) => return Err(scope.unsupported("cluster_type")),
+        };
+        let discovery = match kind {
+            DiscoveryType::Eds => {
+                if c.load_assignment.is_some() {
+                    return Err(scope.invalid("load_assignment", "not allowed on an EDS cluster"));
+                }
+                let service_name = match &c.eds_cluster_config {
+                    None => c.name.clone(),
+                    Some(eds) => {
+                        reject_unknown(scope, "eds_cluster_config", eds, fields::EDS_CLUSTER_CONFIG, |e| {
+                            e.eds_config = None;
+                            e.service_name.clear();
+                        })?;
+                        if let Some(cs) = &eds.eds_config {
+                            ads_config_source(scope, "eds_cluster_config.eds_config", cs)?;
+                        }
+                        if eds.service_name.is_empty() { c.name.clone() } else { eds.service_name.clone() }
+                    }
+                };
+                Discovery::Eds { service_name: Arc::from(service_name) }
+            }
+            DiscoveryType::Static => {
+                if c.eds_cluster_config.is_some() {
+                    return Err(scope.invalid("eds_cluster_config", "only allowed on an EDS cluster"));
+                }
+                let set = match &c.load_assignment {
+                    Some(cla) => compile_in(scope, "load_assignment", cla)?,
+                    None => EndpointSet::default(),
+                };
+                Discovery::Static(Arc::new(set))
+            }
+            other => {
+                return Err(scope.unsupported(format!("type {}", other.as_str_name())));
+            }
+        };
+        let lb = match cluster::LbPolicy::try_from(c.lb_policy) {
+            Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+            Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
+            Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+            Ok(other) => return Err(scope.unsupported(format!("lb_policy {}", other.as_str_name()))),
+            Err(_) => return Err(scope.invalid("lb_policy", "unknown enum value")),
+        };
+        let connect_timeout = match &c.connect_timeout {
+            None => DEFAULT_CONNECT_TIMEOUT,
+            Some(d) => {
+                let d = duration(scope, "connect_timeout", d)?;
+                if d.is_zero() {
+                    return Err(scope.invalid("connect_timeout", "must be greater than 0"));
+                }
+                d
+            }
+        };
+        let mut protocol = UpstreamProtocol::Http1;
+        if let Some(h2) = &c.http2_protocol_options {
+            http2_options(scope, "http2_protocol_options", h2)?;
+            protocol = UpstreamProtocol::Http2;
+        }
+        for (key, any) in &c.typed_extension_protocol_options {
+            let path = format!("typed_extension_protocol_options[\"{key}\"]");
+            if key != HTTP_PROTOCOL_OPTIONS_KEY {
+                return Err(scope.unsupported(path));
+            }
+            let opts: HttpProtocolOptions = unpack(scope, &path, any)?;
+            protocol = upstream_protocol(scope, &path, &opts)?;
+        }
+        Ok(ClusterConfig {
+            name: Arc::from(c.name.as_str()),
+            discovery,
+            lb,
+            connect_timeout,
+            protocol,
+        })
+    }
+
+    /// The EDS resource name this cluster needs, if any.
+    pub fn eds_service_name(&self) -> Option<&Arc<str>> {
+        match &self.discovery {
+            Discovery::Eds { service_name } => Some(service_name),
+            Discovery::Static(_) => None,
+        }
+    }
+}
+
+fn upstream_protocol(
+    scope: &Scope,
+    path: &str,
+    opts: &HttpProtocolOptions,
+) -> Result<UpstreamProtocol, ConfigError> {
+    reject_unknown(scope, path, opts, fields::UPSTREAM_HTTP_PROTOCOL_OPTIONS, |o| {
+        o.upstream_protocol_options = None;
+    })?;
+    match &opts.upstream_protocol_options {
+        None => Ok(UpstreamProtocol::Http1),
+        Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => {
+            let epath = join(path, "explicit_http_config");
+            use explicit_http_config::ProtocolConfig;
+            match &e.protocol_config {
+                Some(ProtocolConfig::HttpProtocolOptions(h1)) => {
+                    http1_options(scope, &join(&epath, "http_protocol_options"), h1)?;
+                    Ok(UpstreamProtocol::Http1)
+                }
+                Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
+                    http2_options(scope, &join(&epath, "http2_protocol_options"), h2)?;
+                    Ok(UpstreamProtocol::Http2)
+                }
+                Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
+                    Err(scope.unsupported(join(&epath, "http3_protocol_options")))
+                }
+                None => Err(scope.missing(join(&epath, "protocol_config"))),
+            }
+        }
+        Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(d)) => {
+            let dpath = join(path, "use_downstream_protocol_config");
+            reject_unknown(scope, &dpath, d, fields::USE_DOWNSTREAM_HTTP_CONFIG, |d| {
+                d.http_protocol_options = None;
+                d.http2_protocol_options = None;
+            })?;
+            if let Some(h1) = &d.http_protocol_options {
+                http1_options(scope, &join(&dpath, "http_protocol_options"), h1)?;
+            }
+            if let Some(h2) = &d.http2_protocol_options {
+                http2_options(scope, &join(&dpath, "http2_protocol_options"), h2)?;
+            }
+            Ok(UpstreamProtocol::Downstream)
+        }
+        Some(UpstreamProtocolOptions::AutoConfig(_)) => Err(scope.unsupported(join(path, "auto_config"))),
+    }
+}
+
+/// Upstream HTTP/1 tuning is not implemented: only the empty message is accepted.
+fn http1_options(scope: &Scope, path: &str, o: &Http1ProtocolOptions) -> Result<(), ConfigError> {
+    reject_unknown(scope, path, o, fields::HTTP1_PROTOCOL_OPTIONS, |_| {})
+}
+
+/// HTTP/2 tuning is not implemented: only the empty message is accepted.
+pub(crate) fn http2_options(scope: &Scope, path: &str, o: &Http2ProtocolOptions) -> Result<(), ConfigError> {
+    reject_unknown(scope, path, o, fields::HTTP2_PROTOCOL_OPTIONS, |_| {})
+}
+
+/// The proxy fetches everything over its one ADS stream.
+pub(crate) fn ads_config_source(scope: &Scope, path: &str, cs: &ConfigSource) -> Result<(), ConfigError> {
+    reject_unknown(scope, path, cs, fields::CONFIG_SOURCE, |c| {
+        if matches!(c.config_source_specifier, Some(config_source::ConfigSourceSpecifier::Ads(_))) {
+            c.config_source_specifier = None;
+        }
+        c.resource_api_version = 0;
+        // Waiting longer or shorter for the first response does not change
+        // what is served once it arrives; readiness waits for it regardless.
+        c.initial_fetch_timeout = None;
+    })?;
+    if cs.config_source_specifier.is_none() {
+        return Err(scope.missing(join(path, "ads")));
+    }
+    use pb::envoy::config::core::v3::ApiVersion;
+    if cs.resource_api_version != ApiVersion::Auto as i32 && cs.resource_api_version != ApiVersion::V3 as i32 {
+        return Err(scope.unsupported(join(path, "resource_api_version")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::envoy::config::core::v3::AggregatedConfigSource;
+    use pb::envoy::extensions::upstreams::http::v3::http_protocol_options::ExplicitHttpConfig;
+
+    fn eds(name: &str) -> Cluster {
+        Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
+            eds_cluster_config: Some(cluster::EdsClusterConfig {
+                eds_config: Some(ConfigSource {
+                    config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+                    resource_api_version: pb::envoy::config::core::v3::ApiVersion::V3 as i32,
+                    ..Default::default()
+                }),
+                service_name: String::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn eds_cluster_defaults() {
+        let c = ClusterConfig::compile(&eds("outbound|80||b.default.svc.cluster.local")).unwrap();
+        assert_eq!(c.eds_service_name().map(|s| &**s), Some("outbound|80||b.default.svc.cluster.local"));
+        assert_eq!(c.lb, LbPolicy::RoundRobin);
+        assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(c.protocol, UpstreamProtocol::Http1);
+    }
+
+    #[test]
+    fn http2_from_protocol_options() {
+        let mut c = eds("grpc");
+        let opts = HttpProtocolOptions {
+            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+                protocol_config: Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(Default::default())),
+            })),
+            ..Default::default()
+        };
+        c.typed_extension_protocol_options
+            .insert(HTTP_PROTOCOL_OPTIONS_KEY.into(), mizzen_xds::pack(&opts));
+        assert_eq!(ClusterConfig::compile(&c).unwrap().protocol, UpstreamProtocol::Http2);
+    }
+
+    #[test]
+    fn refusals() {
+        let cases: Vec<(Cluster, &str)> = vec![
+            (
+                Cluster {
+                    cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                        cluster::DiscoveryType::OriginalDst as i32,
+                    )),
+                    ..eds("c")
+                },
+                "cluster c: type ORIGINAL_DST is not supported",
+            ),
+            (
+                Cluster { lb_policy: cluster::LbPolicy::RingHash as i32, ..eds("c") },
+                "cluster c: lb_policy RING_HASH is not supported",
+            ),
+            (
+                Cluster { transport_socket: Some(Default::default()), ..eds("c") },
+                "cluster c: transport_socket is not supported",
+            ),
+            (
+                Cluster { circuit_breakers: Some(Default::default()), ..eds("c") },
+                "cluster c: circuit_breakers is not supported",
+            ),
+        ];
+        for (c, want) in cases {
+            assert_eq!(ClusterConfig::compile(&c).unwrap_err().to_string(), want);
+        }
+    }
+}

@@ -1,0 +1,521 @@
+//! Applied configuration: the raw resources (for `/config_dump`), their
+//! compiled forms, the running listeners, and the snapshot the data path
+//! reads through an [`ArcSwap`].
+//!
+//! Only the xDS side writes, under one mutex; every write ends by publishing a
+//! new immutable [`Snapshot`], so requests never wait on config.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use mizzen_xds::pb;
+use mizzen_xds::pb::google::protobuf::Any;
+use mizzen_xds::type_url;
+use pb::envoy::config::cluster::v3::Cluster;
+use pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use pb::envoy::config::listener::v3::Listener;
+use pb::envoy::config::route::v3::RouteConfiguration;
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+
+use crate::config::{ClusterConfig, ConfigError, Discovery, EndpointSet, ListenerConfig, RouteTable, type_name};
+use crate::http::listener::{self, ActiveListener, ListenerHandle};
+use crate::record::RequestObserver;
+use crate::stats::{Stats, XdsStats};
+use crate::upstream::{ClusterEntry, Upstream};
+
+/// What the data path reads: route tables and clusters by name.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub routes: HashMap<Arc<str>, Arc<RouteTable>>,
+    pub clusters: HashMap<Arc<str>, Arc<ClusterEntry>>,
+}
+
+/// Inputs shared by every listener.
+pub(crate) struct DataPlane {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub stats: Arc<Stats>,
+    pub observer: Option<Arc<dyn RequestObserver>>,
+}
+
+impl std::fmt::Debug for DataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataPlane").finish_non_exhaustive()
+    }
+}
+
+/// Readiness as Envoy's `/ready` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// No CDS or LDS update applied yet.
+    PreInitializing,
+    /// Waiting for the first CDS/LDS or for referenced RDS/EDS resources.
+    Initializing,
+    Live,
+}
+
+impl Readiness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Readiness::PreInitializing => "PRE_INITIALIZING",
+            Readiness::Initializing => "INITIALIZING",
+            Readiness::Live => "LIVE",
+        }
+    }
+}
+
+/// One accepted resource as `/config_dump` shows it.
+#[derive(Debug, Clone)]
+pub struct Applied<P, C> {
+    pub proto: P,
+    pub compiled: C,
+    /// Version of the update that last changed this resource.
+    pub version: String,
+    pub last_updated: SystemTime,
+}
+
+#[derive(Debug)]
+struct TypeState<P, C> {
+    version: String,
+    resources: BTreeMap<String, Applied<P, C>>,
+}
+
+impl<P, C> Default for TypeState<P, C> {
+    fn default() -> Self {
+        TypeState {
+            version: String::new(),
+            resources: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    listeners: TypeState<Listener, Arc<ListenerConfig>>,
+    routes: TypeState<RouteConfiguration, Arc<RouteTable>>,
+    clusters: TypeState<Cluster, Arc<ClusterConfig>>,
+    endpoints: TypeState<ClusterLoadAssignment, Arc<EndpointSet>>,
+    upstreams: HashMap<Arc<str>, Arc<Upstream>>,
+    handles: Vec<ListenerHandle>,
+    cds_applied: bool,
+    lds_applied: bool,
+    /// RDS/EDS names received at least once (readiness).
+    rds_seen: BTreeSet<String>,
+    eds_seen: BTreeSet<String>,
+    shutting_down: bool,
+}
+
+/// The proxy's configuration state and the xDS entry points.
+pub(crate) struct ConfigState {
+    store: Mutex<Store>,
+    pub data: Arc<DataPlane>,
+    runtime: Handle,
+    drain_timeout: Duration,
+    readiness: watch::Sender<Readiness>,
+}
+
+/// A read-only view of the applied resources, for `/config_dump`.
+#[derive(Debug, Clone, Default)]
+pub struct Dump {
+    pub listeners: (String, Vec<Applied<Listener, ()>>),
+    pub routes: (String, Vec<Applied<RouteConfiguration, ()>>),
+    pub clusters: (String, Vec<Applied<Cluster, ()>>),
+    pub endpoints: (String, Vec<Applied<ClusterLoadAssignment, ()>>),
+}
+
+fn strip<P: Clone, C>(t: &TypeState<P, C>) -> (String, Vec<Applied<P, ()>>) {
+    (
+        t.version.clone(),
+        t.resources
+            .values()
+            .map(|a| Applied {
+                proto: a.proto.clone(),
+                compiled: (),
+                version: a.version.clone(),
+                last_updated: a.last_updated,
+            })
+            .collect(),
+    )
+}
+
+impl ConfigState {
+    pub(crate) fn new(
+        stats: Arc<Stats>,
+        observer: Option<Arc<dyn RequestObserver>>,
+        runtime: Handle,
+        drain_timeout: Duration,
+    ) -> ConfigState {
+        ConfigState {
+            store: Mutex::new(Store::default()),
+            data: Arc::new(DataPlane {
+                snapshot: ArcSwap::from_pointee(Snapshot::default()),
+                stats,
+                observer,
+            }),
+            runtime,
+            drain_timeout,
+            readiness: watch::channel(Readiness::PreInitializing).0,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn readiness(&self) -> watch::Receiver<Readiness> {
+        self.readiness.subscribe()
+    }
+
+    pub(crate) fn dump(&self) -> Dump {
+        let s = self.lock();
+        Dump {
+            listeners: strip(&s.listeners),
+            routes: strip(&s.routes),
+            clusters: strip(&s.clusters),
+            endpoints: strip(&s.endpoints),
+        }
+    }
+
+    /// Bound addresses of the running listeners, by listener name.
+    pub(crate) fn listener_addresses(&self) -> Vec<(String, SocketAddr)> {
+        self.lock().handles.iter().map(|h| (h.name().to_string(), h.local)).collect()
+    }
+
+    /// Applies one state-of-the-world update. On error nothing changes.
+    pub(crate) fn apply(&self, type_url: &str, version: &str, resources: Vec<Any>) -> Result<(), String> {
+        let stats = &self.data.stats;
+        let xstats: &XdsStats = match type_url {
+            type_url::CLUSTER => &stats.cds,
+            type_url::ENDPOINT => &stats.eds,
+            type_url::LISTENER => &stats.lds,
+            type_url::ROUTE => &stats.rds,
+            other => return Err(format!("resource type {other} is not supported")),
+        };
+        xstats.update_attempt.inc();
+        let mut store = self.lock();
+        if store.shutting_down {
+            return Err("the proxy is shutting down".to_string());
+        }
+        let result = match type_url {
+            type_url::CLUSTER => self.apply_clusters(&mut store, version, &resources),
+            type_url::ENDPOINT => self.apply_endpoints(&mut store, version, &resources),
+            type_url::LISTENER => self.apply_listeners(&mut store, version, &resources),
+            _ => self.apply_routes(&mut store, version, &resources),
+        };
+        match &result {
+            Ok(()) => {
+                xstats.update_success.inc();
+                self.publish(&mut store);
+            }
+            Err(reason) => {
+                xstats.update_rejected.inc();
+                tracing::warn!(type_url, version, %reason, "rejected xDS update");
+            }
+        }
+        result
+    }
+
+    /// Names this proxy needs for RDS (`type_url::ROUTE`) or EDS.
+    pub(crate) fn wanted(&self, type_url: &str) -> Vec<String> {
+        let store = self.lock();
+        let set = match type_url {
+            type_url::ROUTE => wanted_routes(&store),
+            type_url::ENDPOINT => wanted_endpoints(&store),
+            _ => BTreeSet::new(),
+        };
+        set.into_iter().collect()
+    }
+
+    fn apply_clusters(&self, store: &mut Store, version: &str, resources: &[Any]) -> Result<(), String> {
+        let decoded: Vec<Cluster> = decode_all(resources, "cluster")?;
+        let mut errors = Vec::new();
+        let mut compiled = Vec::with_capacity(decoded.len());
+        for c in decoded {
+            match ClusterConfig::compile(&c) {
+                Ok(cfg) => compiled.push((c, Arc::new(cfg))),
+                Err(e) => errors.push(e),
+            }
+        }
+        check_errors(errors, compiled.iter().map(|(c, _)| c.name.as_str()), "cluster")?;
+        let resources = merge(&store.clusters, version, compiled, |c| c.name.clone());
+        store.clusters = TypeState { version: version.to_string(), resources };
+        store.cds_applied = true;
+        // Endpoint data of clusters that went away is not needed any more.
+        let wanted = wanted_endpoints(store);
+        store.endpoints.resources.retain(|name, _| wanted.contains(name));
+        Ok(())
+    }
+
+    fn apply_endpoints(&self, store: &mut Store, version: &str, resources: &[Any]) -> Result<(), String> {
+        let decoded: Vec<ClusterLoadAssignment> = decode_all(resources, "cluster_load_assignment")?;
+        let mut errors = Vec::new();
+        let mut compiled = Vec::with_capacity(decoded.len());
+        for c in decoded {
+            match EndpointSet::compile(&c) {
+                Ok(set) => compiled.push((c, Arc::new(set))),
+                Err(e) => errors.push(e),
+            }
+        }
+        check_errors(errors, compiled.iter().map(|(c, _)| c.cluster_name.as_str()), "cluster_load_assignment")?;
+        // EDS is not a wildcard type: an update carries the requested names,
+        // so resources it omits stay as they were.
+        for (proto, set) in compiled {
+            store.eds_seen.insert(proto.cluster_name.clone());
+            upsert(&mut store.endpoints, version, proto.cluster_name.clone(), proto, set);
+        }
+        store.endpoints.version = version.to_string();
+        Ok(())
+    }
+
+    fn apply_routes(&self, store: &mut Store, version: &str, resources: &[Any]) -> Result<(), String> {
+        let decoded: Vec<RouteConfiguration> = decode_all(resources, "route_configuration")?;
+        let mut errors = Vec::new();
+        let mut compiled = Vec::with_capacity(decoded.len());
+        for r in decoded {
+            match RouteTable::compile(&r) {
+                Ok(t) => compiled.push((r, Arc::new(t))),
+                Err(e) => errors.push(e),
+            }
+        }
+        check_errors(errors, compiled.iter().map(|(r, _)| r.name.as_str()), "route_configuration")?;
+        for (proto, table) in compiled {
+            store.rds_seen.insert(proto.name.clone());
+            upsert(&mut store.routes, version, proto.name.clone(), proto, table);
+        }
+        store.routes.version = version.to_string();
+        Ok(())
+    }
+
+    fn apply_listeners(&self, store: &mut Store, version: &str, resources: &[Any]) -> Result<(), String> {
+        let decoded: Vec<Listener> = decode_all(resources, "listener")?;
+        let mut errors = Vec::new();
+        let mut compiled = Vec::with_capacity(decoded.len());
+        for l in decoded {
+            match ListenerConfig::compile(&l) {
+                Ok(cfg) => compiled.push((l, Arc::new(cfg))),
+                Err(e) => errors.push(e),
+            }
+        }
+        check_errors(errors, compiled.iter().map(|(l, _)| l.name.as_str()), "listener")?;
+        let mut by_address: HashMap<SocketAddr, &str> = HashMap::new();
+        for (l, cfg) in &compiled {
+            if cfg.address.port() != 0
+                && let Some(other) = by_address.insert(cfg.address, &l.name)
+            {
+                return Err(format!(
+                    "listener {}: address {} is already used by listener {other}",
+                    l.name, cfg.address
+                ));
+            }
+        }
+        // Bind every new address before changing anything, so that a bind
+        // failure rejects the whole update.
+        let mut old: Vec<Option<ListenerHandle>> = std::mem::take(&mut store.handles).into_iter().map(Some).collect();
+        let mut plan: Vec<(usize, Option<usize>, Option<std::net::TcpListener>)> = Vec::new();
+        let mut bind_errors = Vec::new();
+        for (i, (l, cfg)) in compiled.iter().enumerate() {
+            // Same address: keep the socket and swap the config in place.
+            let reuse = old.iter().position(|h| {
+                h.as_ref().is_some_and(|h| h.configured == cfg.address && (cfg.address.port() != 0 || *h.name() == *l.name))
+            });
+            match reuse {
+                Some(j) if !plan.iter().any(|(_, r, _)| *r == Some(j)) => plan.push((i, Some(j), None)),
+                _ => match listener::bind(cfg.address) {
+                    Ok(sock) => plan.push((i, None, Some(sock))),
+                    Err(e) => bind_errors.push(format!("listener {}: cannot bind {}: {e}", l.name, cfg.address)),
+                },
+            }
+        }
+        if !bind_errors.is_empty() {
+            store.handles = old.into_iter().flatten().collect();
+            return Err(bind_errors.join("; "));
+        }
+        let mut handles = Vec::with_capacity(compiled.len());
+        for (i, reuse, sock) in plan {
+            let cfg = compiled[i].1.clone();
+            let active = ActiveListener::new(cfg.clone(), &self.data);
+            if let Some(j) = reuse {
+                if let Some(h) = old[j].take() {
+                    h.update(active);
+                    handles.push(h);
+                }
+            } else if let Some(sock) = sock {
+                match ListenerHandle::start(sock, cfg.address, active, self.data.clone(), &self.runtime, self.drain_timeout) {
+                    Ok(h) => {
+                        tracing::info!(listener = %cfg.name, address = %h.local, "listener started");
+                        handles.push(h);
+                    }
+                    Err(e) => tracing::error!(listener = %cfg.name, error = %e, "cannot start listener"),
+                }
+            }
+        }
+        for h in old.into_iter().flatten() {
+            tracing::info!(listener = %h.name(), "listener removed, draining");
+            self.runtime.spawn(h.drain());
+        }
+        store.handles = handles;
+        let resources = merge(&store.listeners, version, compiled, |l| l.name.clone());
+        store.listeners = TypeState { version: version.to_string(), resources };
+        store.lds_applied = true;
+        let wanted = wanted_routes(store);
+        store.routes.resources.retain(|name, _| wanted.contains(name));
+        Ok(())
+    }
+
+    /// Rebuilds and publishes the snapshot, and updates readiness.
+    fn publish(&self, store: &mut Store) {
+        let routes = store
+            .routes
+            .resources
+            .iter()
+            .map(|(name, a)| (Arc::from(name.as_str()), a.compiled.clone()))
+            .collect();
+        let mut clusters = HashMap::with_capacity(store.clusters.resources.len());
+        let empty = EndpointSet::default();
+        let mut upstreams = HashMap::with_capacity(store.clusters.resources.len());
+        for a in store.clusters.resources.values() {
+            let cfg = &a.compiled;
+            let upstream = store
+                .upstreams
+                .get(&cfg.name)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Upstream::new(cfg.name.clone(), self.data.stats.cluster(&cfg.name))));
+            let endpoints: &EndpointSet = match &cfg.discovery {
+                Discovery::Static(set) => set,
+                Discovery::Eds { service_name } => store
+                    .endpoints
+                    .resources
+                    .get(&**service_name)
+                    .map(|a| &*a.compiled)
+                    .unwrap_or(&empty),
+            };
+            let entry = ClusterEntry::new(cfg.clone(), endpoints, upstream.clone());
+            clusters.insert(cfg.name.clone(), Arc::new(entry));
+            upstreams.insert(cfg.name.clone(), upstream);
+        }
+        store.upstreams = upstreams;
+        self.data.snapshot.store(Arc::new(Snapshot { routes, clusters }));
+        self.update_readiness(store);
+    }
+
+    fn update_readiness(&self, store: &Store) {
+        let current = *self.readiness.borrow();
+        if current == Readiness::Live {
+            // Like Envoy, once initialized a proxy stays live.
+            return;
+        }
+        let next = if store.cds_applied
+            && store.lds_applied
+            && wanted_routes(store).is_subset(&store.rds_seen)
+            && wanted_endpoints(store).is_subset(&store.eds_seen)
+        {
+            Readiness::Live
+        } else {
+            Readiness::Initializing
+        };
+        if next != current {
+            if next == Readiness::Live {
+                self.data.stats.server_live.set(1);
+                tracing::info!("all initial configuration received: live");
+            }
+            self.readiness.send_replace(next);
+        }
+    }
+
+    /// Stops every listener, drains their connections, and refuses further updates.
+    pub(crate) async fn drain_listeners(&self) {
+        let handles = {
+            let mut store = self.lock();
+            store.shutting_down = true;
+            std::mem::take(&mut store.handles)
+        };
+        self.data.stats.server_live.set(0);
+        futures::future::join_all(handles.into_iter().map(|h| h.drain())).await;
+    }
+}
+
+fn wanted_routes(store: &Store) -> BTreeSet<String> {
+    store
+        .listeners
+        .resources
+        .values()
+        .filter_map(|a| a.compiled.rds_name().map(|n| n.to_string()))
+        .collect()
+}
+
+fn wanted_endpoints(store: &Store) -> BTreeSet<String> {
+    store
+        .clusters
+        .resources
+        .values()
+        .filter_map(|a| a.compiled.eds_service_name().map(|n| n.to_string()))
+        .collect()
+}
+
+fn decode_all<M: prost::Message + prost::Name + Default>(resources: &[Any], kind: &str) -> Result<Vec<M>, String> {
+    let expected = M::full_name();
+    resources
+        .iter()
+        .enumerate()
+        .map(|(i, any)| {
+            if type_name(&any.type_url) != expected {
+                return Err(format!("{kind} resource {i}: expected {expected}, got {}", any.type_url));
+            }
+            M::decode(any.value.as_slice()).map_err(|e| format!("{kind} resource {i}: cannot decode: {e}"))
+        })
+        .collect()
+}
+
+/// Joins every compile error, and refuses duplicate names.
+fn check_errors<'a>(errors: Vec<ConfigError>, names: impl Iterator<Item = &'a str>, kind: &str) -> Result<(), String> {
+    let mut messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    let mut seen = BTreeSet::new();
+    for name in names {
+        if !seen.insert(name) {
+            messages.push(format!("{kind} {name}: duplicate name in the update"));
+        }
+    }
+    if messages.is_empty() { Ok(()) } else { Err(messages.join("; ")) }
+}
+
+/// A wildcard update's new resource map, keeping the version and timestamp
+/// of resources whose content did not change.
+fn merge<P: PartialEq, C>(
+    prev: &TypeState<P, C>,
+    version: &str,
+    compiled: Vec<(P, C)>,
+    name: impl Fn(&P) -> String,
+) -> BTreeMap<String, Applied<P, C>> {
+    let now = SystemTime::now();
+    compiled
+        .into_iter()
+        .map(|(proto, compiled)| {
+            let n = name(&proto);
+            let (version, last_updated) = match prev.resources.get(&n) {
+                Some(old) if old.proto == proto => (old.version.clone(), old.last_updated),
+                _ => (version.to_string(), now),
+            };
+            (n, Applied { proto, compiled, version, last_updated })
+        })
+        .collect()
+}
+
+fn upsert<P: PartialEq, C>(state: &mut TypeState<P, C>, version: &str, name: String, proto: P, compiled: C) {
+    if let Some(old) = state.resources.get(&name)
+        && old.proto == proto
+    {
+        return;
+    }
+    state.resources.insert(
+        name,
+        Applied {
+            proto,
+            compiled,
+            version: version.to_string(),
+            last_updated: SystemTime::now(),
+        },
+    );
+}

@@ -1,0 +1,285 @@
+//! A demo service for mesh tests, behaving like nicholasjackson's
+//! fake-service.
+//!
+//! Every request, whatever its path or method, is answered with a JSON
+//! report: who answered (`name`, `version`, `ip_addresses`), what was asked
+//! (`uri`), and, under `upstream_calls`, the reports of the upstreams this
+//! app called on the way. A chain `a → b → c` therefore returns one nested
+//! document showing which instance of each service answered, which is what
+//! routing, subset and fault-injection tests assert on.
+//!
+//! ```json
+//! {"name":"service-a","version":"v1","uri":"/","type":"HTTP",
+//!  "ip_addresses":["127.20.1.2"],"start_time":"...","end_time":"...",
+//!  "duration":"1.2ms","body":"Hello World",
+//!  "upstream_calls":{"http://service-b:80":{"name":"service-b",...}},
+//!  "code":200}
+//! ```
+//!
+//! The app serves HTTP/1.1 and h2c (HTTP/2 with prior knowledge) on the
+//! same port, as fake-service does.
+
+mod config;
+mod time;
+mod upstream;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
+
+pub use config::{AppConfig, ConfigError};
+use upstream::{UpstreamResult, Upstreams};
+
+/// Error text of an injected failure.
+const INJECTED_ERROR: &str = "Service error automatically injected";
+/// Error text when an upstream call failed.
+const UPSTREAM_ERROR: &str = "Error communicating with upstream service";
+
+/// Binds `config.listen_addr` and serves until the process ends; what
+/// `mizzen app` runs.
+pub async fn run(config: AppConfig) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+    serve(config, listener).await
+}
+
+/// Serves requests on `listener` until the task is dropped.
+pub async fn serve(config: AppConfig, listener: TcpListener) -> anyhow::Result<()> {
+    serve_until(config, listener, std::future::pending()).await
+}
+
+/// Starts the app on the current Tokio runtime, for tests that run their
+/// services in-process.
+///
+/// # Panics
+///
+/// Outside a Tokio runtime.
+pub fn spawn(config: AppConfig, listener: TcpListener) -> AppHandle {
+    // A bound listener always has a local address; failing here would mean
+    // the socket was closed under us.
+    let local_addr = listener
+        .local_addr()
+        .expect("a bound listener has a local address");
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve_until(config, listener, async move {
+        // A dropped sender means the handle is gone: stop as well.
+        let _ = shutdown_rx.await;
+    }));
+    AppHandle {
+        local_addr,
+        shutdown: Some(shutdown_tx),
+        task: Some(task),
+    }
+}
+
+/// A running app started by [`spawn`]. Dropping it stops the app.
+#[derive(Debug)]
+pub struct AppHandle {
+    local_addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl AppHandle {
+    /// Where the app listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, closes open connections and waits until the app is
+    /// gone. Returns the error that stopped the app, if it stopped early.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.context("demo app task panicked")?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for AppHandle {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn serve_until(
+    config: AppConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let local_addr = listener.local_addr().context("listener has no address")?;
+    tracing::info!(%local_addr, ?config, "demo app listening");
+    let app = Arc::new(App::new(config));
+    // Connections live in the set so that stopping the app (dropping the
+    // set) also closes them; a test's next step must not reach a stopped app.
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            // Reap finished connections so the set does not grow without bound.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Usually out of file descriptors; give others a moment
+                    // to close theirs rather than spinning.
+                    tracing::warn!(%err, "demo app accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let local_ip = stream
+            .local_addr()
+            .map_or(local_addr.ip(), |addr| addr.ip());
+        let app = app.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |request| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(app.handle(local_ip, request).await) }
+            });
+            let served = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(err) = served {
+                tracing::debug!(%peer, %err, "demo app connection ended with an error");
+            }
+        });
+    }
+    tracing::info!(%local_addr, "demo app stopped");
+    Ok(())
+}
+
+struct App {
+    config: AppConfig,
+    upstreams: Upstreams,
+}
+
+impl App {
+    fn new(config: AppConfig) -> Self {
+        let upstreams = Upstreams::new(
+            config.upstream_uris.clone(),
+            config.http_proxy.as_deref(),
+            config.upstream_timeout,
+        );
+        Self { config, upstreams }
+    }
+
+    async fn handle(&self, local_ip: IpAddr, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let started_at = SystemTime::now();
+        let started = Instant::now();
+        let (parts, body) = request.into_parts();
+        // Read the body so an HTTP/1.1 connection can carry the next
+        // request; its content is not used.
+        let _ = body.collect().await;
+
+        let injected =
+            self.config.error_rate > 0.0 && rand::random::<f64>() < self.config.error_rate;
+        let (code, error, upstream_calls) = if injected {
+            (self.config.error_code, Some(INJECTED_ERROR), Vec::new())
+        } else {
+            let calls = self.upstreams.call_all(&parts.headers).await;
+            if calls.iter().all(|call| call.ok) {
+                (200, None, calls)
+            } else {
+                (500, Some(UPSTREAM_ERROR), calls)
+            }
+        };
+
+        let report = Report {
+            name: &self.config.name,
+            version: &self.config.version,
+            // The path, as fake-service reports it, whether the request
+            // came in origin form, absolute form or over HTTP/2.
+            uri: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), ToString::to_string),
+            kind: "HTTP",
+            ip_addresses: vec![local_ip.to_string()],
+            start_time: time::format_timestamp(started_at),
+            end_time: time::format_timestamp(SystemTime::now()),
+            duration: time::format_duration(started.elapsed()),
+            body: &self.config.message,
+            upstream_calls: UpstreamCalls(&upstream_calls),
+            code,
+            error,
+        };
+        tracing::debug!(name = %self.config.name, uri = %report.uri, code, "demo app answered");
+        // Serializing a struct of strings and JSON values cannot fail.
+        let body = serde_json::to_vec_pretty(&report).unwrap_or_default();
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() =
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
+/// The JSON body; field order is the order fake-service prints.
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    name: &'a str,
+    version: &'a str,
+    uri: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ip_addresses: Vec<String>,
+    start_time: String,
+    end_time: String,
+    duration: String,
+    body: &'a str,
+    #[serde(skip_serializing_if = "UpstreamCalls::is_empty")]
+    upstream_calls: UpstreamCalls<'a>,
+    code: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+}
+
+/// Upstream results as a JSON object keyed by URI, in call order.
+struct UpstreamCalls<'a>(&'a [UpstreamResult]);
+
+impl UpstreamCalls<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for UpstreamCalls<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for call in self.0 {
+            map.serialize_entry(&call.uri, &call.body)?;
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests;
