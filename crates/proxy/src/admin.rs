@@ -99,16 +99,20 @@ fn handle(req: Request<Incoming>, ctx: &AdminContext) -> Response<Full<Bytes>> {
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=UTF-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
     r
 }
 
 fn json_response(v: Value) -> Response<Full<Bytes>> {
     let body = serde_json::to_string_pretty(&v).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -124,7 +128,10 @@ fn node_json(node: &mizzen_xds::client::Node) -> Value {
 
 fn with_type(type_name: &str, mut v: Value) -> Value {
     if let Value::Object(m) = &mut v {
-        m.insert("@type".to_string(), Value::String(format!("type.googleapis.com/{type_name}")));
+        m.insert(
+            "@type".to_string(),
+            Value::String(format!("type.googleapis.com/{type_name}")),
+        );
     }
     v
 }
@@ -160,7 +167,16 @@ pub(crate) fn config_dump(ctx: &AdminContext) -> Value {
         .clusters
         .1
         .iter()
-        .map(|a| entry(a, "cluster", with_type("envoy.config.cluster.v3.Cluster", mizzen_xds::json::cluster(&a.proto))))
+        .map(|a| {
+            entry(
+                a,
+                "cluster",
+                with_type(
+                    "envoy.config.cluster.v3.Cluster",
+                    mizzen_xds::json::cluster(&a.proto),
+                ),
+            )
+        })
         .collect();
     let endpoints: Vec<Value> = dump
         .endpoints
@@ -206,7 +222,10 @@ pub(crate) fn config_dump(ctx: &AdminContext) -> Value {
     let mut configs = vec![bootstrap];
     let mut push = |type_name: &str, version: &str, key: &str, items: Vec<Value>| {
         let mut m = serde_json::Map::new();
-        m.insert("@type".into(), Value::String(format!("type.googleapis.com/envoy.admin.v3.{type_name}")));
+        m.insert(
+            "@type".into(),
+            Value::String(format!("type.googleapis.com/envoy.admin.v3.{type_name}")),
+        );
         if !version.is_empty() {
             m.insert("version_info".into(), Value::String(version.to_string()));
         }
@@ -215,9 +234,24 @@ pub(crate) fn config_dump(ctx: &AdminContext) -> Value {
         }
         configs.push(Value::Object(m));
     };
-    push("ClustersConfigDump", &dump.clusters.0, "dynamic_active_clusters", clusters);
-    push("EndpointsConfigDump", "", "dynamic_endpoint_configs", endpoints);
-    push("ListenersConfigDump", &dump.listeners.0, "dynamic_listeners", listeners);
+    push(
+        "ClustersConfigDump",
+        &dump.clusters.0,
+        "dynamic_active_clusters",
+        clusters,
+    );
+    push(
+        "EndpointsConfigDump",
+        "",
+        "dynamic_endpoint_configs",
+        endpoints,
+    );
+    push(
+        "ListenersConfigDump",
+        &dump.listeners.0,
+        "dynamic_listeners",
+        listeners,
+    );
     push("RoutesConfigDump", "", "dynamic_route_configs", routes);
     json!({ "configs": configs })
 }
@@ -227,7 +261,10 @@ fn entry<P>(a: &Applied<P, ()>, key: &str, v: Value) -> Value {
     let mut m = serde_json::Map::new();
     m.insert("version_info".into(), Value::String(a.version.clone()));
     m.insert(key.into(), v);
-    m.insert("last_updated".into(), Value::String(rfc3339(a.last_updated)));
+    m.insert(
+        "last_updated".into(),
+        Value::String(rfc3339(a.last_updated)),
+    );
     Value::Object(m)
 }
 

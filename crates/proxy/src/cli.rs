@@ -17,7 +17,11 @@ use serde_json::{Map, Value};
 use crate::{Proxy, ProxyOptions};
 
 #[derive(Debug, Parser)]
-#[command(name = "mizzen-proxy", version, about = "Mizzen's data plane: a lean Envoy for meshes")]
+#[command(
+    name = "mizzen-proxy",
+    version,
+    about = "Mizzen's data plane: a lean Envoy for meshes"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -137,10 +141,10 @@ impl Env for BTreeMap<String, String> {
 /// is a string (as Istio's `ISTIO_META_*` are).
 fn meta_value(v: &str) -> Value {
     let t = v.trim_start();
-    if t.starts_with('{') || t.starts_with('[') {
-        if let Ok(json) = serde_json::from_str(v) {
-            return json;
-        }
+    if (t.starts_with('{') || t.starts_with('['))
+        && let Ok(json) = serde_json::from_str(v)
+    {
+        return json;
     }
     Value::String(v.to_string())
 }
@@ -189,15 +193,25 @@ pub fn build_node(args: &ProxyArgs, env: &dyn Env) -> Node {
     for (k, v) in &args.meta {
         metadata.insert(k.clone(), meta_value(v));
     }
-    let cluster = match metadata.get("LABELS").and_then(|l| l.get("app")).and_then(Value::as_str) {
+    let cluster = match metadata
+        .get("LABELS")
+        .and_then(|l| l.get("app"))
+        .and_then(Value::as_str)
+    {
         Some(app) => format!("{app}.{ns}"),
         None => "istio-proxy".to_string(),
     };
-    let id = args
-        .node_id
-        .clone()
-        .unwrap_or_else(|| format!("{}~{ip}~{pod}.{ns}~{ns}.svc.cluster.local", args.role.as_str()));
-    Node { id, cluster, metadata }
+    let id = args.node_id.clone().unwrap_or_else(|| {
+        format!(
+            "{}~{ip}~{pod}.{ns}~{ns}.svc.cluster.local",
+            args.role.as_str()
+        )
+    });
+    Node {
+        id,
+        cluster,
+        metadata,
+    }
 }
 
 /// Entry point of the binary.
@@ -232,7 +246,9 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     );
     // xDS and admin get a runtime and thread of their own, so a saturated
     // data plane cannot starve config updates or health checks.
-    let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let control_handle = control.handle().clone();
     let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
     let control_thread = std::thread::Builder::new()
@@ -290,14 +306,20 @@ mod tests {
             ("INSTANCE_IP", "10.1.2.3"),
             ("SERVICE_ACCOUNT", "bookinfo-productpage"),
             ("ISTIO_META_INTERCEPTION_MODE", "NONE"),
-            ("ISTIO_METAJSON_LABELS", r#"{"app":"productpage","version":"v1"}"#),
+            (
+                "ISTIO_METAJSON_LABELS",
+                r#"{"app":"productpage","version":"v1"}"#,
+            ),
             ("UNRELATED", "x"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let node = build_node(&args(&["--meta", "CLUSTER_ID=Kubernetes"]), &env);
-        assert_eq!(node.id, "sidecar~10.1.2.3~productpage-v1-123.bookinfo~bookinfo.svc.cluster.local");
+        assert_eq!(
+            node.id,
+            "sidecar~10.1.2.3~productpage-v1-123.bookinfo~bookinfo.svc.cluster.local"
+        );
         assert_eq!(node.cluster, "productpage.bookinfo");
         let m = Value::Object(node.metadata);
         assert_eq!(m["NAMESPACE"], "bookinfo");
@@ -314,7 +336,14 @@ mod tests {
     fn flags_win_and_defaults_apply() {
         let env = BTreeMap::new();
         let node = build_node(
-            &args(&["--node-id", "router~x", "--meta", r#"LABELS={"app":"gw"}"#, "--meta", "INTERCEPTION_MODE=NONE"]),
+            &args(&[
+                "--node-id",
+                "router~x",
+                "--meta",
+                r#"LABELS={"app":"gw"}"#,
+                "--meta",
+                "INTERCEPTION_MODE=NONE",
+            ]),
             &env,
         );
         assert_eq!(node.id, "router~x");

@@ -110,7 +110,9 @@ pub struct Proxy {
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy").field("admin_address", &self.admin_address).finish_non_exhaustive()
+        f.debug_struct("Proxy")
+            .field("admin_address", &self.admin_address)
+            .finish_non_exhaustive()
     }
 }
 
@@ -121,7 +123,12 @@ impl Proxy {
         let data_runtime = Handle::current();
         let control = opts.control_runtime.clone().unwrap_or_else(Handle::current);
         let stats = Arc::new(Stats::default());
-        let state = Arc::new(ConfigState::new(stats, opts.observer.clone(), data_runtime, opts.drain_timeout));
+        let state = Arc::new(ConfigState::new(
+            stats,
+            opts.observer.clone(),
+            data_runtime,
+            opts.drain_timeout,
+        ));
         let admin_socket = http::listener::bind(opts.admin_address)
             .with_context(|| format!("cannot bind the admin address {}", opts.admin_address))?;
         let admin_address = admin_socket.local_addr()?;

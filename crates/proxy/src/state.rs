@@ -21,7 +21,9 @@ use pb::envoy::config::route::v3::RouteConfiguration;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
-use crate::config::{ClusterConfig, ConfigError, Discovery, EndpointSet, ListenerConfig, RouteTable, type_name};
+use crate::config::{
+    ClusterConfig, ConfigError, Discovery, EndpointSet, ListenerConfig, RouteTable, type_name,
+};
 use crate::http::listener::{self, ActiveListener, ListenerHandle};
 use crate::record::RequestObserver;
 use crate::stats::{Stats, XdsStats};
@@ -181,11 +183,20 @@ impl ConfigState {
 
     /// Bound addresses of the running listeners, by listener name.
     pub(crate) fn listener_addresses(&self) -> Vec<(String, SocketAddr)> {
-        self.lock().handles.iter().map(|h| (h.name().to_string(), h.local)).collect()
+        self.lock()
+            .handles
+            .iter()
+            .map(|h| (h.name().to_string(), h.local))
+            .collect()
     }
 
     /// Applies one state-of-the-world update. On error nothing changes.
-    pub(crate) fn apply(&self, type_url: &str, version: &str, resources: Vec<Any>) -> Result<(), String> {
+    pub(crate) fn apply(
+        &self,
+        type_url: &str,
+        version: &str,
+        resources: Vec<Any>,
+    ) -> Result<(), String> {
         let stats = &self.data.stats;
         let xstats: &XdsStats = match type_url {
             type_url::CLUSTER => &stats.cds,
@@ -229,7 +240,12 @@ impl ConfigState {
         set.into_iter().collect()
     }
 
-    fn apply_clusters(&self, store: &mut Store, version: &str, resources: &[Any]) -> Result<(), String> {
+    fn apply_clusters(
+        &self,
+        store: &mut Store,
+        version: &str,
+        resources: &[Any],
+    ) -> Result<(), String> {
         let decoded: Vec<Cluster> = decode_all(resources, "cluster")?;
         let mut errors = Vec::new();
         let mut compiled = Vec::with_capacity(decoded.len());
@@ -239,17 +255,32 @@ impl ConfigState {
                 Err(e) => errors.push(e),
             }
         }
-        check_errors(errors, compiled.iter().map(|(c, _)| c.name.as_str()), "cluster")?;
+        check_errors(
+            errors,
+            compiled.iter().map(|(c, _)| c.name.as_str()),
+            "cluster",
+        )?;
         let resources = merge(&store.clusters, version, compiled, |c| c.name.clone());
-        store.clusters = TypeState { version: version.to_string(), resources };
+        store.clusters = TypeState {
+            version: version.to_string(),
+            resources,
+        };
         store.cds_applied = true;
         // Endpoint data of clusters that went away is not needed any more.
         let wanted = wanted_endpoints(store);
-        store.endpoints.resources.retain(|name, _| wanted.contains(name));
+        store
+            .endpoints
+            .resources
+            .retain(|name, _| wanted.contains(name));
         Ok(())
     }
 
-    fn apply_endpoints(&self, store: &mut Store, version: &str, resources: &[Any]) -> Result<(), String> {
+    fn apply_endpoints(
+        &self,
+        store: &mut Store,
+        version: &str,
+        resources: &[Any],
+    ) -> Result<(), String> {
         let decoded: Vec<ClusterLoadAssignment> = decode_all(resources, "cluster_load_assignment")?;
         let mut errors = Vec::new();
         let mut compiled = Vec::with_capacity(decoded.len());
@@ -259,18 +290,33 @@ impl ConfigState {
                 Err(e) => errors.push(e),
             }
         }
-        check_errors(errors, compiled.iter().map(|(c, _)| c.cluster_name.as_str()), "cluster_load_assignment")?;
+        check_errors(
+            errors,
+            compiled.iter().map(|(c, _)| c.cluster_name.as_str()),
+            "cluster_load_assignment",
+        )?;
         // EDS is not a wildcard type: an update carries the requested names,
         // so resources it omits stay as they were.
         for (proto, set) in compiled {
             store.eds_seen.insert(proto.cluster_name.clone());
-            upsert(&mut store.endpoints, version, proto.cluster_name.clone(), proto, set);
+            upsert(
+                &mut store.endpoints,
+                version,
+                proto.cluster_name.clone(),
+                proto,
+                set,
+            );
         }
         store.endpoints.version = version.to_string();
         Ok(())
     }
 
-    fn apply_routes(&self, store: &mut Store, version: &str, resources: &[Any]) -> Result<(), String> {
+    fn apply_routes(
+        &self,
+        store: &mut Store,
+        version: &str,
+        resources: &[Any],
+    ) -> Result<(), String> {
         let decoded: Vec<RouteConfiguration> = decode_all(resources, "route_configuration")?;
         let mut errors = Vec::new();
         let mut compiled = Vec::with_capacity(decoded.len());
@@ -280,7 +326,11 @@ impl ConfigState {
                 Err(e) => errors.push(e),
             }
         }
-        check_errors(errors, compiled.iter().map(|(r, _)| r.name.as_str()), "route_configuration")?;
+        check_errors(
+            errors,
+            compiled.iter().map(|(r, _)| r.name.as_str()),
+            "route_configuration",
+        )?;
         for (proto, table) in compiled {
             store.rds_seen.insert(proto.name.clone());
             upsert(&mut store.routes, version, proto.name.clone(), proto, table);
@@ -289,7 +339,12 @@ impl ConfigState {
         Ok(())
     }
 
-    fn apply_listeners(&self, store: &mut Store, version: &str, resources: &[Any]) -> Result<(), String> {
+    fn apply_listeners(
+        &self,
+        store: &mut Store,
+        version: &str,
+        resources: &[Any],
+    ) -> Result<(), String> {
         let decoded: Vec<Listener> = decode_all(resources, "listener")?;
         let mut errors = Vec::new();
         let mut compiled = Vec::with_capacity(decoded.len());
@@ -299,7 +354,11 @@ impl ConfigState {
                 Err(e) => errors.push(e),
             }
         }
-        check_errors(errors, compiled.iter().map(|(l, _)| l.name.as_str()), "listener")?;
+        check_errors(
+            errors,
+            compiled.iter().map(|(l, _)| l.name.as_str()),
+            "listener",
+        )?;
         let mut by_address: HashMap<SocketAddr, &str> = HashMap::new();
         for (l, cfg) in &compiled {
             if cfg.address.port() != 0
@@ -313,19 +372,29 @@ impl ConfigState {
         }
         // Bind every new address before changing anything, so that a bind
         // failure rejects the whole update.
-        let mut old: Vec<Option<ListenerHandle>> = std::mem::take(&mut store.handles).into_iter().map(Some).collect();
+        let mut old: Vec<Option<ListenerHandle>> = std::mem::take(&mut store.handles)
+            .into_iter()
+            .map(Some)
+            .collect();
         let mut plan: Vec<(usize, Option<usize>, Option<std::net::TcpListener>)> = Vec::new();
         let mut bind_errors = Vec::new();
         for (i, (l, cfg)) in compiled.iter().enumerate() {
             // Same address: keep the socket and swap the config in place.
             let reuse = old.iter().position(|h| {
-                h.as_ref().is_some_and(|h| h.configured == cfg.address && (cfg.address.port() != 0 || *h.name() == *l.name))
+                h.as_ref().is_some_and(|h| {
+                    h.configured == cfg.address && (cfg.address.port() != 0 || *h.name() == *l.name)
+                })
             });
             match reuse {
-                Some(j) if !plan.iter().any(|(_, r, _)| *r == Some(j)) => plan.push((i, Some(j), None)),
+                Some(j) if !plan.iter().any(|(_, r, _)| *r == Some(j)) => {
+                    plan.push((i, Some(j), None))
+                }
                 _ => match listener::bind(cfg.address) {
                     Ok(sock) => plan.push((i, None, Some(sock))),
-                    Err(e) => bind_errors.push(format!("listener {}: cannot bind {}: {e}", l.name, cfg.address)),
+                    Err(e) => bind_errors.push(format!(
+                        "listener {}: cannot bind {}: {e}",
+                        l.name, cfg.address
+                    )),
                 },
             }
         }
@@ -343,12 +412,21 @@ impl ConfigState {
                     handles.push(h);
                 }
             } else if let Some(sock) = sock {
-                match ListenerHandle::start(sock, cfg.address, active, self.data.clone(), &self.runtime, self.drain_timeout) {
+                match ListenerHandle::start(
+                    sock,
+                    cfg.address,
+                    active,
+                    self.data.clone(),
+                    &self.runtime,
+                    self.drain_timeout,
+                ) {
                     Ok(h) => {
                         tracing::info!(listener = %cfg.name, address = %h.local, "listener started");
                         handles.push(h);
                     }
-                    Err(e) => tracing::error!(listener = %cfg.name, error = %e, "cannot start listener"),
+                    Err(e) => {
+                        tracing::error!(listener = %cfg.name, error = %e, "cannot start listener")
+                    }
                 }
             }
         }
@@ -358,10 +436,16 @@ impl ConfigState {
         }
         store.handles = handles;
         let resources = merge(&store.listeners, version, compiled, |l| l.name.clone());
-        store.listeners = TypeState { version: version.to_string(), resources };
+        store.listeners = TypeState {
+            version: version.to_string(),
+            resources,
+        };
         store.lds_applied = true;
         let wanted = wanted_routes(store);
-        store.routes.resources.retain(|name, _| wanted.contains(name));
+        store
+            .routes
+            .resources
+            .retain(|name, _| wanted.contains(name));
         Ok(())
     }
 
@@ -378,11 +462,12 @@ impl ConfigState {
         let mut upstreams = HashMap::with_capacity(store.clusters.resources.len());
         for a in store.clusters.resources.values() {
             let cfg = &a.compiled;
-            let upstream = store
-                .upstreams
-                .get(&cfg.name)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(Upstream::new(cfg.name.clone(), self.data.stats.cluster(&cfg.name))));
+            let upstream = store.upstreams.get(&cfg.name).cloned().unwrap_or_else(|| {
+                Arc::new(Upstream::new(
+                    cfg.name.clone(),
+                    self.data.stats.cluster(&cfg.name),
+                ))
+            });
             let endpoints: &EndpointSet = match &cfg.discovery {
                 Discovery::Static(set) => set,
                 Discovery::Eds { service_name } => store
@@ -397,7 +482,9 @@ impl ConfigState {
             upstreams.insert(cfg.name.clone(), upstream);
         }
         store.upstreams = upstreams;
-        self.data.snapshot.store(Arc::new(Snapshot { routes, clusters }));
+        self.data
+            .snapshot
+            .store(Arc::new(Snapshot { routes, clusters }));
         self.update_readiness(store);
     }
 
@@ -455,22 +542,33 @@ fn wanted_endpoints(store: &Store) -> BTreeSet<String> {
         .collect()
 }
 
-fn decode_all<M: prost::Message + prost::Name + Default>(resources: &[Any], kind: &str) -> Result<Vec<M>, String> {
+fn decode_all<M: prost::Message + prost::Name + Default>(
+    resources: &[Any],
+    kind: &str,
+) -> Result<Vec<M>, String> {
     let expected = M::full_name();
     resources
         .iter()
         .enumerate()
         .map(|(i, any)| {
             if type_name(&any.type_url) != expected {
-                return Err(format!("{kind} resource {i}: expected {expected}, got {}", any.type_url));
+                return Err(format!(
+                    "{kind} resource {i}: expected {expected}, got {}",
+                    any.type_url
+                ));
             }
-            M::decode(any.value.as_slice()).map_err(|e| format!("{kind} resource {i}: cannot decode: {e}"))
+            M::decode(any.value.as_slice())
+                .map_err(|e| format!("{kind} resource {i}: cannot decode: {e}"))
         })
         .collect()
 }
 
 /// Joins every compile error, and refuses duplicate names.
-fn check_errors<'a>(errors: Vec<ConfigError>, names: impl Iterator<Item = &'a str>, kind: &str) -> Result<(), String> {
+fn check_errors<'a>(
+    errors: Vec<ConfigError>,
+    names: impl Iterator<Item = &'a str>,
+    kind: &str,
+) -> Result<(), String> {
     let mut messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     let mut seen = BTreeSet::new();
     for name in names {
@@ -478,7 +576,11 @@ fn check_errors<'a>(errors: Vec<ConfigError>, names: impl Iterator<Item = &'a st
             messages.push(format!("{kind} {name}: duplicate name in the update"));
         }
     }
-    if messages.is_empty() { Ok(()) } else { Err(messages.join("; ")) }
+    if messages.is_empty() {
+        Ok(())
+    } else {
+        Err(messages.join("; "))
+    }
 }
 
 /// A wildcard update's new resource map, keeping the version and timestamp
@@ -498,12 +600,26 @@ fn merge<P: PartialEq, C>(
                 Some(old) if old.proto == proto => (old.version.clone(), old.last_updated),
                 _ => (version.to_string(), now),
             };
-            (n, Applied { proto, compiled, version, last_updated })
+            (
+                n,
+                Applied {
+                    proto,
+                    compiled,
+                    version,
+                    last_updated,
+                },
+            )
         })
         .collect()
 }
 
-fn upsert<P: PartialEq, C>(state: &mut TypeState<P, C>, version: &str, name: String, proto: P, compiled: C) {
+fn upsert<P: PartialEq, C>(
+    state: &mut TypeState<P, C>,
+    version: &str,
+    name: String,
+    proto: P,
+    compiled: C,
+) {
     if let Some(old) = state.resources.get(&name)
         && old.proto == proto
     {

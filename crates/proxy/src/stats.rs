@@ -45,7 +45,10 @@ pub struct ClassCounters([Counter; 5]);
 
 impl ClassCounters {
     pub fn record(&self, status: u16) {
-        if let Some(c) = (status / 100).checked_sub(1).and_then(|i| self.0.get(usize::from(i))) {
+        if let Some(c) = (status / 100)
+            .checked_sub(1)
+            .and_then(|i| self.0.get(usize::from(i)))
+        {
             c.inc();
         }
     }
@@ -110,7 +113,10 @@ impl Default for ClusterStats {
 impl ClusterStats {
     pub fn record_response(&self, status: u16) {
         self.upstream_rq_xx.record(status);
-        if let Some(c) = usize::from(status).checked_sub(100).and_then(|i| self.upstream_rq_code.get(i)) {
+        if let Some(c) = usize::from(status)
+            .checked_sub(100)
+            .and_then(|i| self.upstream_rq_code.get(i))
+        {
             c.inc();
         }
     }
@@ -174,18 +180,31 @@ impl Stats {
     /// Every stat as `(name, value)`, sorted by name.
     pub fn collect(&self) -> Vec<(String, i64)> {
         let mut out: Vec<(String, i64)> = Vec::new();
-        let mut push = |name: String, v: u64| out.push((name, i64::try_from(v).unwrap_or(i64::MAX)));
+        let mut push =
+            |name: String, v: u64| out.push((name, i64::try_from(v).unwrap_or(i64::MAX)));
         for (p, s) in snapshot(&self.http) {
             let n = |s: &str| format!("http.{p}.{s}");
             push(n("downstream_rq_total"), s.downstream_rq_total.get());
-            push(n("downstream_rq_active"), s.downstream_rq_active.get().max(0) as u64);
-            push(n("downstream_rq_http1_total"), s.downstream_rq_http1_total.get());
-            push(n("downstream_rq_http2_total"), s.downstream_rq_http2_total.get());
+            push(
+                n("downstream_rq_active"),
+                s.downstream_rq_active.get().max(0) as u64,
+            );
+            push(
+                n("downstream_rq_http1_total"),
+                s.downstream_rq_http1_total.get(),
+            );
+            push(
+                n("downstream_rq_http2_total"),
+                s.downstream_rq_http2_total.get(),
+            );
             for (class, v) in s.downstream_rq_xx.iter() {
                 push(n(&format!("downstream_rq_{class}xx")), v);
             }
             push(n("downstream_cx_total"), s.downstream_cx_total.get());
-            push(n("downstream_cx_active"), s.downstream_cx_active.get().max(0) as u64);
+            push(
+                n("downstream_cx_active"),
+                s.downstream_cx_active.get().max(0) as u64,
+            );
             push(n("no_route"), s.no_route.get());
             push(n("no_cluster"), s.no_cluster.get());
             push(n("rq_direct_response"), s.rq_direct_response.get());
@@ -194,7 +213,10 @@ impl Stats {
         for (c, s) in snapshot(&self.clusters) {
             let n = |s: &str| format!("cluster.{c}.{s}");
             push(n("upstream_rq_total"), s.upstream_rq_total.get());
-            push(n("upstream_rq_active"), s.upstream_rq_active.get().max(0) as u64);
+            push(
+                n("upstream_rq_active"),
+                s.upstream_rq_active.get().max(0) as u64,
+            );
             for (class, v) in s.upstream_rq_xx.iter() {
                 push(n(&format!("upstream_rq_{class}xx")), v);
             }
@@ -206,16 +228,40 @@ impl Stats {
             }
             push(n("upstream_rq_timeout"), s.upstream_rq_timeout.get());
             push(n("upstream_cx_total"), s.upstream_cx_total.get());
-            push(n("upstream_cx_active"), s.upstream_cx_active.get().max(0) as u64);
-            push(n("upstream_cx_connect_fail"), s.upstream_cx_connect_fail.get());
-            push(n("upstream_cx_connect_timeout"), s.upstream_cx_connect_timeout.get());
-            push(n("upstream_cx_none_healthy"), s.upstream_cx_none_healthy.get());
-            push(n("membership_healthy"), s.membership_healthy.get().max(0) as u64);
-            push(n("membership_total"), s.membership_total.get().max(0) as u64);
+            push(
+                n("upstream_cx_active"),
+                s.upstream_cx_active.get().max(0) as u64,
+            );
+            push(
+                n("upstream_cx_connect_fail"),
+                s.upstream_cx_connect_fail.get(),
+            );
+            push(
+                n("upstream_cx_connect_timeout"),
+                s.upstream_cx_connect_timeout.get(),
+            );
+            push(
+                n("upstream_cx_none_healthy"),
+                s.upstream_cx_none_healthy.get(),
+            );
+            push(
+                n("membership_healthy"),
+                s.membership_healthy.get().max(0) as u64,
+            );
+            push(
+                n("membership_total"),
+                s.membership_total.get().max(0) as u64,
+            );
         }
         for (l, s) in snapshot(&self.listeners) {
-            push(format!("listener.{l}.downstream_cx_total"), s.downstream_cx_total.get());
-            push(format!("listener.{l}.downstream_cx_active"), s.downstream_cx_active.get().max(0) as u64);
+            push(
+                format!("listener.{l}.downstream_cx_total"),
+                s.downstream_cx_total.get(),
+            );
+            push(
+                format!("listener.{l}.downstream_cx_active"),
+                s.downstream_cx_active.get().max(0) as u64,
+            );
         }
         for (prefix, x) in [
             ("cluster_manager.cds", &self.cds),
@@ -227,7 +273,10 @@ impl Stats {
             push(format!("{prefix}.update_success"), x.update_success.get());
             push(format!("{prefix}.update_rejected"), x.update_rejected.get());
         }
-        push("server.live".to_string(), self.server_live.get().max(0) as u64);
+        push(
+            "server.live".to_string(),
+            self.server_live.get().max(0) as u64,
+        );
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
@@ -258,10 +307,25 @@ impl Stats {
             match scope {
                 "http" if !rest.starts_with("rds.") => {
                     if let Some((prefix, stat)) = rest.rsplit_once('.') {
-                        if let Some(class) = stat.strip_prefix("downstream_rq_").and_then(|c| c.strip_suffix("xx")).filter(|c| c.len() == 1) {
-                            line("http_downstream_rq_xx", &[("envoy_response_code_class", class), ("envoy_http_conn_manager_prefix", prefix)], v);
+                        if let Some(class) = stat
+                            .strip_prefix("downstream_rq_")
+                            .and_then(|c| c.strip_suffix("xx"))
+                            .filter(|c| c.len() == 1)
+                        {
+                            line(
+                                "http_downstream_rq_xx",
+                                &[
+                                    ("envoy_response_code_class", class),
+                                    ("envoy_http_conn_manager_prefix", prefix),
+                                ],
+                                v,
+                            );
                         } else {
-                            line(&format!("http_{stat}"), &[("envoy_http_conn_manager_prefix", prefix)], v);
+                            line(
+                                &format!("http_{stat}"),
+                                &[("envoy_http_conn_manager_prefix", prefix)],
+                                v,
+                            );
                         }
                     }
                 }
@@ -269,15 +333,34 @@ impl Stats {
                     if let Some((cluster, stat)) = rest.rsplit_once('.') {
                         let code = stat.strip_prefix("upstream_rq_").filter(|c| c.len() == 3);
                         match code {
-                            Some(c) if c.ends_with("xx") => line("cluster_upstream_rq_xx", &[("envoy_response_code_class", &c[..1]), ("envoy_cluster_name", cluster)], v),
-                            Some(c) if c.bytes().all(|b| b.is_ascii_digit()) => line("cluster_upstream_rq", &[("envoy_response_code", c), ("envoy_cluster_name", cluster)], v),
-                            _ => line(&format!("cluster_{stat}"), &[("envoy_cluster_name", cluster)], v),
+                            Some(c) if c.ends_with("xx") => line(
+                                "cluster_upstream_rq_xx",
+                                &[
+                                    ("envoy_response_code_class", &c[..1]),
+                                    ("envoy_cluster_name", cluster),
+                                ],
+                                v,
+                            ),
+                            Some(c) if c.bytes().all(|b| b.is_ascii_digit()) => line(
+                                "cluster_upstream_rq",
+                                &[("envoy_response_code", c), ("envoy_cluster_name", cluster)],
+                                v,
+                            ),
+                            _ => line(
+                                &format!("cluster_{stat}"),
+                                &[("envoy_cluster_name", cluster)],
+                                v,
+                            ),
                         }
                     }
                 }
                 "listener" => {
                     if let Some((addr, stat)) = rest.rsplit_once('.') {
-                        line(&format!("listener_{stat}"), &[("envoy_listener_address", addr)], v);
+                        line(
+                            &format!("listener_{stat}"),
+                            &[("envoy_listener_address", addr)],
+                            v,
+                        );
                     }
                 }
                 _ => line(&name.replace('.', "_"), &[], v),
@@ -297,10 +380,16 @@ mod tests {
         let c = stats.cluster("outbound|80||b");
         c.upstream_rq_total.inc();
         c.record_response(200);
-        stats.http("inbound_0.0.0.0_80").downstream_rq_xx.record(503);
+        stats
+            .http("inbound_0.0.0.0_80")
+            .downstream_rq_xx
+            .record(503);
         stats.server_live.set(1);
         let text = stats.render_text();
-        assert!(text.contains("cluster.outbound|80||b.upstream_rq_200: 1\n"), "{text}");
+        assert!(
+            text.contains("cluster.outbound|80||b.upstream_rq_200: 1\n"),
+            "{text}"
+        );
         assert!(text.contains("cluster.outbound|80||b.upstream_rq_2xx: 1\n"));
         assert!(!text.contains("upstream_rq_404"));
         assert!(text.contains("http.inbound_0.0.0.0_80.downstream_rq_5xx: 1\n"));

@@ -55,7 +55,8 @@ impl Obj {
     }
     fn arr<T>(mut self, k: &str, items: &[T], f: impl Fn(&T) -> Value) -> Self {
         if !items.is_empty() {
-            self.0.insert(k.into(), Value::Array(items.iter().map(f).collect()));
+            self.0
+                .insert(k.into(), Value::Array(items.iter().map(f).collect()));
         }
         self
     }
@@ -74,7 +75,9 @@ impl Obj {
     /// An enum field: omitted at its zero value, else by name.
     fn enum_(mut self, k: &str, v: i32, name: Option<&str>) -> Self {
         if v != 0 {
-            let rendered = name.map(|n| Value::String(n.into())).unwrap_or(Value::from(v));
+            let rendered = name
+                .map(|n| Value::String(n.into()))
+                .unwrap_or(Value::from(v));
             self.0.insert(k.into(), rendered);
         }
         self
@@ -113,7 +116,11 @@ fn base64(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -158,9 +165,7 @@ pub fn any(a: &Any) -> Option<Value> {
 
 /// [`any`], or just `@type` with the `@unrendered` marker for unknown types.
 fn any_or_marker(a: &Any) -> Value {
-    any(a).unwrap_or_else(|| {
-        serde_json::json!({ "@type": a.type_url, "@unrendered": true })
-    })
+    any(a).unwrap_or_else(|| serde_json::json!({ "@type": a.type_url, "@unrendered": true }))
 }
 
 fn metadata(m: &Option<core::Metadata>) -> Option<Value> {
@@ -183,7 +188,11 @@ pub fn address(a: &core::Address) -> Value {
         Some(A::SocketAddress(s)) => {
             use core::socket_address::{PortSpecifier, Protocol};
             let mut o = Obj::default()
-                .enum_("protocol", s.protocol, Protocol::try_from(s.protocol).ok().map(|p| p.as_str_name()))
+                .enum_(
+                    "protocol",
+                    s.protocol,
+                    Protocol::try_from(s.protocol).ok().map(|p| p.as_str_name()),
+                )
                 .str("address", &s.address);
             o = match &s.port_specifier {
                 Some(PortSpecifier::PortValue(p)) => o.u32("port_value", *p),
@@ -200,9 +209,19 @@ pub fn address(a: &core::Address) -> Value {
             Obj::default().val("socket_address", Some(inner)).done()
         }
         Some(A::Pipe(p)) => Obj::default()
-            .val("pipe", Some(Obj::default().str("path", &p.path).u32("mode", p.mode).done()))
+            .val(
+                "pipe",
+                Some(
+                    Obj::default()
+                        .str("path", &p.path)
+                        .u32("mode", p.mode)
+                        .done(),
+                ),
+            )
             .done(),
-        Some(A::EnvoyInternalAddress(_)) => serde_json::json!({"envoy_internal_address": {"@unrendered": true}}),
+        Some(A::EnvoyInternalAddress(_)) => {
+            serde_json::json!({"envoy_internal_address": {"@unrendered": true}})
+        }
         None => Value::Object(Map::new()),
     }
 }
@@ -219,10 +238,15 @@ fn config_source(c: &core::ConfigSource) -> Value {
         .enum_(
             "resource_api_version",
             c.resource_api_version,
-            core::ApiVersion::try_from(c.resource_api_version).ok().map(|v| v.as_str_name()),
+            core::ApiVersion::try_from(c.resource_api_version)
+                .ok()
+                .map(|v| v.as_str_name()),
         )
         .check(c, |c| {
-            if matches!(c.config_source_specifier, Some(S::Ads(_)) | Some(S::Path(_))) {
+            if matches!(
+                c.config_source_specifier,
+                Some(S::Ads(_)) | Some(S::Path(_))
+            ) {
                 c.config_source_specifier = None;
             }
             c.initial_fetch_timeout = None;
@@ -276,7 +300,10 @@ fn http2_options(h: &core::Http2ProtocolOptions) -> Value {
     Obj::default()
         .wu32("max_concurrent_streams", &h.max_concurrent_streams)
         .wu32("initial_stream_window_size", &h.initial_stream_window_size)
-        .wu32("initial_connection_window_size", &h.initial_connection_window_size)
+        .wu32(
+            "initial_connection_window_size",
+            &h.initial_connection_window_size,
+        )
         .bool("allow_connect", h.allow_connect)
         .check(h, |h| {
             h.max_concurrent_streams = None;
@@ -293,7 +320,10 @@ fn common_http_options(h: &core::HttpProtocolOptions) -> Value {
         .dur("max_connection_duration", &h.max_connection_duration)
         .wu32("max_headers_count", &h.max_headers_count)
         .dur("max_stream_duration", &h.max_stream_duration)
-        .wu32("max_requests_per_connection", &h.max_requests_per_connection)
+        .wu32(
+            "max_requests_per_connection",
+            &h.max_requests_per_connection,
+        )
         .check(h, |h| {
             h.idle_timeout = None;
             h.max_connection_duration = None;
@@ -307,7 +337,9 @@ fn common_http_options(h: &core::HttpProtocolOptions) -> Value {
 fn transport_socket(t: &core::TransportSocket) -> Value {
     let o = Obj::default().str("name", &t.name);
     match &t.config_type {
-        Some(core::transport_socket::ConfigType::TypedConfig(a)) => o.val("typed_config", Some(any_or_marker(a))),
+        Some(core::transport_socket::ConfigType::TypedConfig(a)) => {
+            o.val("typed_config", Some(any_or_marker(a)))
+        }
         None => o,
     }
     .done()
@@ -331,14 +363,18 @@ pub fn listener(l: &Listener) -> Value {
                         Some(listener_filter::ConfigType::TypedConfig(a)) => {
                             o.val("typed_config", Some(any_or_marker(a)))
                         }
-                        Some(listener_filter::ConfigType::ConfigDiscovery(_)) => {
-                            o.val("config_discovery", Some(serde_json::json!({"@unrendered": true})))
-                        }
+                        Some(listener_filter::ConfigType::ConfigDiscovery(_)) => o.val(
+                            "config_discovery",
+                            Some(serde_json::json!({"@unrendered": true})),
+                        ),
                         None => o,
                     }
                     .done()
                 })
-                .val("transport_socket", fc.transport_socket.as_ref().map(transport_socket))
+                .val(
+                    "transport_socket",
+                    fc.transport_socket.as_ref().map(transport_socket),
+                )
                 .val("metadata", metadata(&fc.metadata))
                 .check(fc, |fc| {
                     fc.name.clear();
@@ -352,9 +388,9 @@ pub fn listener(l: &Listener) -> Value {
         .arr("listener_filters", &l.listener_filters, |f| {
             let o = Obj::default().str("name", &f.name);
             match &f.config_type {
-                Some(pb::envoy::config::listener::v3::listener_filter::ConfigType::TypedConfig(a)) => {
-                    o.val("typed_config", Some(any_or_marker(a)))
-                }
+                Some(
+                    pb::envoy::config::listener::v3::listener_filter::ConfigType::TypedConfig(a),
+                ) => o.val("typed_config", Some(any_or_marker(a))),
                 _ => o,
             }
             .done()
@@ -364,7 +400,9 @@ pub fn listener(l: &Listener) -> Value {
         .enum_(
             "traffic_direction",
             l.traffic_direction,
-            core::TrafficDirection::try_from(l.traffic_direction).ok().map(|d| d.as_str_name()),
+            core::TrafficDirection::try_from(l.traffic_direction)
+                .ok()
+                .map(|d| d.as_str_name()),
         )
         .check(l, |l| {
             l.name.clear();
@@ -383,7 +421,13 @@ pub fn listener(l: &Listener) -> Value {
 pub fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Value {
     use hcm::http_connection_manager::{CodecType, RouteSpecifier};
     let mut o = Obj::default()
-        .enum_("codec_type", h.codec_type, CodecType::try_from(h.codec_type).ok().map(|c| c.as_str_name()))
+        .enum_(
+            "codec_type",
+            h.codec_type,
+            CodecType::try_from(h.codec_type)
+                .ok()
+                .map(|c| c.as_str_name()),
+        )
         .str("stat_prefix", &h.stat_prefix);
     o = match &h.route_specifier {
         Some(RouteSpecifier::Rds(r)) => o.val(
@@ -395,33 +439,55 @@ pub fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Value {
                     .done(),
             ),
         ),
-        Some(RouteSpecifier::RouteConfig(rc)) => o.val("route_config", Some(route_configuration(rc))),
-        Some(RouteSpecifier::ScopedRoutes(_)) => o.val("scoped_routes", Some(serde_json::json!({"@unrendered": true}))),
+        Some(RouteSpecifier::RouteConfig(rc)) => {
+            o.val("route_config", Some(route_configuration(rc)))
+        }
+        Some(RouteSpecifier::ScopedRoutes(_)) => o.val(
+            "scoped_routes",
+            Some(serde_json::json!({"@unrendered": true})),
+        ),
         None => o,
     };
     o.arr("http_filters", &h.http_filters, |f| {
         let o = Obj::default().str("name", &f.name);
         match &f.config_type {
-            Some(hcm::http_filter::ConfigType::TypedConfig(a)) => o.val("typed_config", Some(any_or_marker(a))),
-            Some(hcm::http_filter::ConfigType::ConfigDiscovery(_)) => {
-                o.val("config_discovery", Some(serde_json::json!({"@unrendered": true})))
+            Some(hcm::http_filter::ConfigType::TypedConfig(a)) => {
+                o.val("typed_config", Some(any_or_marker(a)))
             }
+            Some(hcm::http_filter::ConfigType::ConfigDiscovery(_)) => o.val(
+                "config_discovery",
+                Some(serde_json::json!({"@unrendered": true})),
+            ),
             None => o,
         }
         .bool("is_optional", f.is_optional)
         .bool("disabled", f.disabled)
         .done()
     })
-    .val("common_http_protocol_options", h.common_http_protocol_options.as_ref().map(common_http_options))
-    .val("http_protocol_options", h.http_protocol_options.as_ref().map(http1_options))
-    .val("http2_protocol_options", h.http2_protocol_options.as_ref().map(http2_options))
+    .val(
+        "common_http_protocol_options",
+        h.common_http_protocol_options
+            .as_ref()
+            .map(common_http_options),
+    )
+    .val(
+        "http_protocol_options",
+        h.http_protocol_options.as_ref().map(http1_options),
+    )
+    .val(
+        "http2_protocol_options",
+        h.http2_protocol_options.as_ref().map(http2_options),
+    )
     .str("server_name", &h.server_name)
     .dur("stream_idle_timeout", &h.stream_idle_timeout)
     .dur("request_timeout", &h.request_timeout)
     .dur("drain_timeout", &h.drain_timeout)
     .wbool("use_remote_address", &h.use_remote_address)
     .wbool("generate_request_id", &h.generate_request_id)
-    .bool("preserve_external_request_id", h.preserve_external_request_id)
+    .bool(
+        "preserve_external_request_id",
+        h.preserve_external_request_id,
+    )
     .wbool("normalize_path", &h.normalize_path)
     .bool("merge_slashes", h.merge_slashes)
     .check(h, |h| {
@@ -463,15 +529,25 @@ pub fn upstream_http_protocol_options(h: &HttpProtocolOptions) -> Value {
     use pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
         UpstreamProtocolOptions as U, explicit_http_config::ProtocolConfig,
     };
-    let o = Obj::default().val("common_http_protocol_options", h.common_http_protocol_options.as_ref().map(common_http_options));
+    let o = Obj::default().val(
+        "common_http_protocol_options",
+        h.common_http_protocol_options
+            .as_ref()
+            .map(common_http_options),
+    );
     let o = match &h.upstream_protocol_options {
         Some(U::ExplicitHttpConfig(e)) => {
             let inner = match &e.protocol_config {
-                Some(ProtocolConfig::HttpProtocolOptions(h1)) => Obj::default().val("http_protocol_options", Some(http1_options(h1))),
-                Some(ProtocolConfig::Http2ProtocolOptions(h2)) => Obj::default().val("http2_protocol_options", Some(http2_options(h2))),
-                Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
-                    Obj::default().val("http3_protocol_options", Some(serde_json::json!({"@unrendered": true})))
+                Some(ProtocolConfig::HttpProtocolOptions(h1)) => {
+                    Obj::default().val("http_protocol_options", Some(http1_options(h1)))
                 }
+                Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
+                    Obj::default().val("http2_protocol_options", Some(http2_options(h2)))
+                }
+                Some(ProtocolConfig::Http3ProtocolOptions(_)) => Obj::default().val(
+                    "http3_protocol_options",
+                    Some(serde_json::json!({"@unrendered": true})),
+                ),
                 None => Obj::default(),
             };
             o.val("explicit_http_config", Some(inner.done()))
@@ -480,8 +556,14 @@ pub fn upstream_http_protocol_options(h: &HttpProtocolOptions) -> Value {
             "use_downstream_protocol_config",
             Some(
                 Obj::default()
-                    .val("http_protocol_options", d.http_protocol_options.as_ref().map(http1_options))
-                    .val("http2_protocol_options", d.http2_protocol_options.as_ref().map(http2_options))
+                    .val(
+                        "http_protocol_options",
+                        d.http_protocol_options.as_ref().map(http1_options),
+                    )
+                    .val(
+                        "http2_protocol_options",
+                        d.http2_protocol_options.as_ref().map(http2_options),
+                    )
                     .check(d, |d| {
                         d.http_protocol_options = None;
                         d.http2_protocol_options = None;
@@ -489,7 +571,10 @@ pub fn upstream_http_protocol_options(h: &HttpProtocolOptions) -> Value {
                     .done(),
             ),
         ),
-        Some(U::AutoConfig(_)) => o.val("auto_config", Some(serde_json::json!({"@unrendered": true}))),
+        Some(U::AutoConfig(_)) => o.val(
+            "auto_config",
+            Some(serde_json::json!({"@unrendered": true})),
+        ),
         None => o,
     };
     o.check(h, |h| {
@@ -507,13 +592,27 @@ pub fn route_configuration(r: &route::RouteConfiguration) -> Value {
     Obj::default()
         .str("name", &r.name)
         .arr("virtual_hosts", &r.virtual_hosts, virtual_host)
-        .arr("response_headers_to_add", &r.response_headers_to_add, header_value_option)
+        .arr(
+            "response_headers_to_add",
+            &r.response_headers_to_add,
+            header_value_option,
+        )
         .strs("response_headers_to_remove", &r.response_headers_to_remove)
-        .arr("request_headers_to_add", &r.request_headers_to_add, header_value_option)
+        .arr(
+            "request_headers_to_add",
+            &r.request_headers_to_add,
+            header_value_option,
+        )
         .strs("request_headers_to_remove", &r.request_headers_to_remove)
-        .bool("most_specific_header_mutations_wins", r.most_specific_header_mutations_wins)
+        .bool(
+            "most_specific_header_mutations_wins",
+            r.most_specific_header_mutations_wins,
+        )
         .wbool("validate_clusters", &r.validate_clusters)
-        .bool("ignore_port_in_host_matching", r.ignore_port_in_host_matching)
+        .bool(
+            "ignore_port_in_host_matching",
+            r.ignore_port_in_host_matching,
+        )
         .check(r, |r| {
             r.name.clear();
             r.virtual_hosts.clear();
@@ -533,11 +632,22 @@ fn virtual_host(v: &route::VirtualHost) -> Value {
         .str("name", &v.name)
         .strs("domains", &v.domains)
         .arr("routes", &v.routes, route_entry)
-        .arr("request_headers_to_add", &v.request_headers_to_add, header_value_option)
+        .arr(
+            "request_headers_to_add",
+            &v.request_headers_to_add,
+            header_value_option,
+        )
         .strs("request_headers_to_remove", &v.request_headers_to_remove)
-        .arr("response_headers_to_add", &v.response_headers_to_add, header_value_option)
+        .arr(
+            "response_headers_to_add",
+            &v.response_headers_to_add,
+            header_value_option,
+        )
         .strs("response_headers_to_remove", &v.response_headers_to_remove)
-        .bool("include_request_attempt_count", v.include_request_attempt_count)
+        .bool(
+            "include_request_attempt_count",
+            v.include_request_attempt_count,
+        )
         .val("metadata", metadata(&v.metadata))
         .check(v, |v| {
             v.name.clear();
@@ -562,20 +672,36 @@ fn route_entry(r: &route::Route) -> Value {
         Some(Action::Route(a)) => o.val("route", Some(route_action(a))),
         Some(Action::Redirect(rd)) => o.val("redirect", Some(redirect_action(rd))),
         Some(Action::DirectResponse(d)) => o.val("direct_response", Some(direct_response(d))),
-        Some(Action::FilterAction(_)) => o.val("filter_action", Some(serde_json::json!({"@unrendered": true}))),
-        Some(Action::NonForwardingAction(_)) => o.val("non_forwarding_action", Some(Value::Object(Map::new()))),
+        Some(Action::FilterAction(_)) => o.val(
+            "filter_action",
+            Some(serde_json::json!({"@unrendered": true})),
+        ),
+        Some(Action::NonForwardingAction(_)) => {
+            o.val("non_forwarding_action", Some(Value::Object(Map::new())))
+        }
         None => o,
     };
     o.val("metadata", metadata(&r.metadata))
         .val(
             "decorator",
             r.decorator.as_ref().map(|d| {
-                Obj::default().str("operation", &d.operation).wbool("propagate", &d.propagate).done()
+                Obj::default()
+                    .str("operation", &d.operation)
+                    .wbool("propagate", &d.propagate)
+                    .done()
             }),
         )
-        .arr("request_headers_to_add", &r.request_headers_to_add, header_value_option)
+        .arr(
+            "request_headers_to_add",
+            &r.request_headers_to_add,
+            header_value_option,
+        )
         .strs("request_headers_to_remove", &r.request_headers_to_remove)
-        .arr("response_headers_to_add", &r.response_headers_to_add, header_value_option)
+        .arr(
+            "response_headers_to_add",
+            &r.response_headers_to_add,
+            header_value_option,
+        )
         .strs("response_headers_to_remove", &r.response_headers_to_remove)
         .check(r, |r| {
             r.name.clear();
@@ -609,7 +735,9 @@ fn string_matcher(s: &matcher::StringMatcher) -> Value {
         Some(P::Suffix(v)) => Obj::default().str("suffix", v),
         Some(P::Contains(v)) => Obj::default().str("contains", v),
         Some(P::SafeRegex(r)) => Obj::default().val("safe_regex", Some(regex_matcher(r))),
-        Some(P::Custom(_)) => Obj::default().val("custom", Some(serde_json::json!({"@unrendered": true}))),
+        Some(P::Custom(_)) => {
+            Obj::default().val("custom", Some(serde_json::json!({"@unrendered": true})))
+        }
         None => Obj::default(),
     };
     o.bool("ignore_case", s.ignore_case).done()
@@ -634,7 +762,10 @@ fn header_matcher(h: &route::HeaderMatcher) -> Value {
         None => o,
     };
     o.bool("invert_match", h.invert_match)
-        .bool("treat_missing_header_as_empty", h.treat_missing_header_as_empty)
+        .bool(
+            "treat_missing_header_as_empty",
+            h.treat_missing_header_as_empty,
+        )
         .done()
 }
 
@@ -644,9 +775,16 @@ fn route_match(m: &route::RouteMatch) -> Value {
         Some(P::Prefix(p)) => Obj::default().val("prefix", Some(Value::String(p.clone()))),
         Some(P::Path(p)) => Obj::default().val("path", Some(Value::String(p.clone()))),
         Some(P::SafeRegex(r)) => Obj::default().val("safe_regex", Some(regex_matcher(r))),
-        Some(P::PathSeparatedPrefix(p)) => Obj::default().val("path_separated_prefix", Some(Value::String(p.clone()))),
-        Some(P::ConnectMatcher(_)) => Obj::default().val("connect_matcher", Some(Value::Object(Map::new()))),
-        Some(P::PathMatchPolicy(_)) => Obj::default().val("path_match_policy", Some(serde_json::json!({"@unrendered": true}))),
+        Some(P::PathSeparatedPrefix(p)) => {
+            Obj::default().val("path_separated_prefix", Some(Value::String(p.clone())))
+        }
+        Some(P::ConnectMatcher(_)) => {
+            Obj::default().val("connect_matcher", Some(Value::Object(Map::new())))
+        }
+        Some(P::PathMatchPolicy(_)) => Obj::default().val(
+            "path_match_policy",
+            Some(serde_json::json!({"@unrendered": true})),
+        ),
         None => Obj::default(),
     };
     o.wbool("case_sensitive", &m.case_sensitive)
@@ -672,7 +810,9 @@ fn route_match(m: &route::RouteMatch) -> Value {
 
 #[allow(deprecated)]
 fn route_action(a: &route::RouteAction) -> Value {
-    use route::route_action::{ClusterNotFoundResponseCode, ClusterSpecifier as C, HostRewriteSpecifier as H};
+    use route::route_action::{
+        ClusterNotFoundResponseCode, ClusterSpecifier as C, HostRewriteSpecifier as H,
+    };
     let o = match &a.cluster_specifier {
         Some(C::Cluster(c)) => Obj::default().str("cluster", c),
         Some(C::ClusterHeader(c)) => Obj::default().str("cluster_header", c),
@@ -720,14 +860,19 @@ fn route_action(a: &route::RouteAction) -> Value {
         .enum_(
             "cluster_not_found_response_code",
             a.cluster_not_found_response_code,
-            ClusterNotFoundResponseCode::try_from(a.cluster_not_found_response_code).ok().map(|c| c.as_str_name()),
+            ClusterNotFoundResponseCode::try_from(a.cluster_not_found_response_code)
+                .ok()
+                .map(|c| c.as_str_name()),
         )
         .str("prefix_rewrite", &a.prefix_rewrite);
     let o = match &a.host_rewrite_specifier {
         Some(H::HostRewriteLiteral(h)) => o.str("host_rewrite_literal", h),
         Some(H::AutoHostRewrite(b)) => o.val("auto_host_rewrite", Some(Value::Bool(b.value))),
         Some(H::HostRewriteHeader(h)) => o.str("host_rewrite_header", h),
-        Some(_) => o.val("host_rewrite_path_regex", Some(serde_json::json!({"@unrendered": true}))),
+        Some(_) => o.val(
+            "host_rewrite_path_regex",
+            Some(serde_json::json!({"@unrendered": true})),
+        ),
         None => o,
     };
     o.dur("timeout", &a.timeout)
@@ -771,24 +916,33 @@ fn route_action(a: &route::RouteAction) -> Value {
 }
 
 fn redirect_action(r: &route::RedirectAction) -> Value {
-    use route::redirect_action::{PathRewriteSpecifier as P, RedirectResponseCode, SchemeRewriteSpecifier as S};
+    use route::redirect_action::{
+        PathRewriteSpecifier as P, RedirectResponseCode, SchemeRewriteSpecifier as S,
+    };
     let o = match &r.scheme_rewrite_specifier {
         Some(S::HttpsRedirect(b)) => Obj::default().bool("https_redirect", *b),
         Some(S::SchemeRedirect(s)) => Obj::default().str("scheme_redirect", s),
         None => Obj::default(),
     };
-    let o = o.str("host_redirect", &r.host_redirect).u32("port_redirect", r.port_redirect);
+    let o = o
+        .str("host_redirect", &r.host_redirect)
+        .u32("port_redirect", r.port_redirect);
     let o = match &r.path_rewrite_specifier {
         Some(P::PathRedirect(p)) => o.str("path_redirect", p),
         Some(P::PrefixRewrite(p)) => o.val("prefix_rewrite", Some(Value::String(p.clone()))),
         Some(P::PathRewrite(p)) => o.str("path_rewrite", p),
-        Some(P::RegexRewrite(_)) => o.val("regex_rewrite", Some(serde_json::json!({"@unrendered": true}))),
+        Some(P::RegexRewrite(_)) => o.val(
+            "regex_rewrite",
+            Some(serde_json::json!({"@unrendered": true})),
+        ),
         None => o,
     };
     o.enum_(
         "response_code",
         r.response_code,
-        RedirectResponseCode::try_from(r.response_code).ok().map(|c| c.as_str_name()),
+        RedirectResponseCode::try_from(r.response_code)
+            .ok()
+            .map(|c| c.as_str_name()),
     )
     .bool("strip_query", r.strip_query)
     .done()
@@ -799,7 +953,9 @@ fn data_source(d: &core::DataSource) -> Value {
     match &d.specifier {
         Some(S::Filename(f)) => Obj::default().str("filename", f),
         Some(S::InlineBytes(b)) => Obj::default().str("inline_bytes", &base64(b)),
-        Some(S::InlineString(s)) => Obj::default().val("inline_string", Some(Value::String(s.clone()))),
+        Some(S::InlineString(s)) => {
+            Obj::default().val("inline_string", Some(Value::String(s.clone())))
+        }
         Some(S::EnvironmentVariable(e)) => Obj::default().str("environment_variable", e),
         None => Obj::default(),
     }
@@ -825,7 +981,9 @@ fn direct_response(d: &route::DirectResponseAction) -> Value {
 #[allow(deprecated)]
 pub fn cluster(c: &Cluster) -> Value {
     use cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
-    let o = Obj::default().str("name", &c.name).str("alt_stat_name", &c.alt_stat_name);
+    let o = Obj::default()
+        .str("name", &c.name)
+        .str("alt_stat_name", &c.alt_stat_name);
     let o = match &c.cluster_discovery_type {
         // `type` is a oneof member: printed even at STATIC (0) when set.
         Some(ClusterDiscoveryType::Type(t)) => o.val(
@@ -836,14 +994,20 @@ pub fn cluster(c: &Cluster) -> Value {
                     .unwrap_or(Value::from(*t)),
             ),
         ),
-        Some(ClusterDiscoveryType::ClusterType(_)) => o.val("cluster_type", Some(serde_json::json!({"@unrendered": true}))),
+        Some(ClusterDiscoveryType::ClusterType(_)) => o.val(
+            "cluster_type",
+            Some(serde_json::json!({"@unrendered": true})),
+        ),
         None => o,
     };
     let mut protocol_options = Map::new();
     let mut keys: Vec<&String> = c.typed_extension_protocol_options.keys().collect();
     keys.sort();
     for k in keys {
-        protocol_options.insert(k.clone(), any_or_marker(&c.typed_extension_protocol_options[k]));
+        protocol_options.insert(
+            k.clone(),
+            any_or_marker(&c.typed_extension_protocol_options[k]),
+        );
     }
     let mut o = o
         .val(
@@ -856,13 +1020,31 @@ pub fn cluster(c: &Cluster) -> Value {
             }),
         )
         .dur("connect_timeout", &c.connect_timeout)
-        .enum_("lb_policy", c.lb_policy, LbPolicy::try_from(c.lb_policy).ok().map(|p| p.as_str_name()))
-        .val("load_assignment", c.load_assignment.as_ref().map(cluster_load_assignment))
-        .val("http2_protocol_options", c.http2_protocol_options.as_ref().map(http2_options))
-        .val("transport_socket", c.transport_socket.as_ref().map(transport_socket))
+        .enum_(
+            "lb_policy",
+            c.lb_policy,
+            LbPolicy::try_from(c.lb_policy)
+                .ok()
+                .map(|p| p.as_str_name()),
+        )
+        .val(
+            "load_assignment",
+            c.load_assignment.as_ref().map(cluster_load_assignment),
+        )
+        .val(
+            "http2_protocol_options",
+            c.http2_protocol_options.as_ref().map(http2_options),
+        )
+        .val(
+            "transport_socket",
+            c.transport_socket.as_ref().map(transport_socket),
+        )
         .val("metadata", metadata(&c.metadata));
     if !protocol_options.is_empty() {
-        o.0.insert("typed_extension_protocol_options".into(), Value::Object(protocol_options));
+        o.0.insert(
+            "typed_extension_protocol_options".into(),
+            Value::Object(protocol_options),
+        );
     }
     if let Some(cb) = &c.circuit_breakers {
         o = o.val(
@@ -935,13 +1117,17 @@ pub fn cluster_load_assignment(c: &ClusterLoadAssignment) -> Value {
                                     .done(),
                             ),
                         ),
-                        Some(lb_endpoint::HostIdentifier::EndpointName(n)) => Obj::default().str("endpoint_name", n),
+                        Some(lb_endpoint::HostIdentifier::EndpointName(n)) => {
+                            Obj::default().str("endpoint_name", n)
+                        }
                         None => Obj::default(),
                     };
                     o.enum_(
                         "health_status",
                         e.health_status,
-                        core::HealthStatus::try_from(e.health_status).ok().map(|h| h.as_str_name()),
+                        core::HealthStatus::try_from(e.health_status)
+                            .ok()
+                            .map(|h| h.as_str_name()),
                     )
                     .val("metadata", metadata(&e.metadata))
                     .wu32("load_balancing_weight", &e.load_balancing_weight)
@@ -995,19 +1181,25 @@ mod tests {
         let h = hcm::HttpConnectionManager {
             stat_prefix: "outbound_0.0.0.0_80".into(),
             codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
-            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
-                config_source: Some(core::ConfigSource {
-                    config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
-                        core::AggregatedConfigSource {},
-                    )),
-                    resource_api_version: core::ApiVersion::V3 as i32,
-                    ..Default::default()
-                }),
-                route_config_name: "80".into(),
-            })),
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+                hcm::Rds {
+                    config_source: Some(core::ConfigSource {
+                        config_source_specifier: Some(
+                            core::config_source::ConfigSourceSpecifier::Ads(
+                                core::AggregatedConfigSource {},
+                            ),
+                        ),
+                        resource_api_version: core::ApiVersion::V3 as i32,
+                        ..Default::default()
+                    }),
+                    route_config_name: "80".into(),
+                },
+            )),
             http_filters: vec![hcm::HttpFilter {
                 name: "envoy.filters.http.router".into(),
-                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(&Router::default()))),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(
+                    &Router::default(),
+                ))),
                 ..Default::default()
             }],
             http_protocol_options: Some(core::Http1ProtocolOptions {
@@ -1065,8 +1257,13 @@ mod tests {
     fn cluster_and_unrendered_marker() {
         let c = Cluster {
             name: "outbound|80||b".into(),
-            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
-            connect_timeout: Some(Duration { seconds: 10, nanos: 0 }),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
+            connect_timeout: Some(Duration {
+                seconds: 10,
+                nanos: 0,
+            }),
             lb_policy: cluster::LbPolicy::LeastRequest as i32,
             eds_cluster_config: Some(cluster::EdsClusterConfig {
                 eds_config: None,
@@ -1086,7 +1283,10 @@ mod tests {
                 "@unrendered": true
             })
         );
-        let unknown = Any { type_url: "type.googleapis.com/x.Y".into(), value: vec![] };
+        let unknown = Any {
+            type_url: "type.googleapis.com/x.Y".into(),
+            value: vec![],
+        };
         assert!(any(&unknown).is_none());
         assert_eq!(any_or_marker(&unknown)["@unrendered"], true);
     }
@@ -1105,8 +1305,13 @@ mod tests {
                         ..Default::default()
                     }),
                     action: Some(route::route::Action::Route(route::RouteAction {
-                        cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster("c".into())),
-                        timeout: Some(Duration { seconds: 0, nanos: 0 }),
+                        cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(
+                            "c".into(),
+                        )),
+                        timeout: Some(Duration {
+                            seconds: 0,
+                            nanos: 0,
+                        }),
                         ..Default::default()
                     })),
                     ..Default::default()

@@ -66,9 +66,7 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.to_string(), "listener l: stat_prefix is not supported");
-        assert!(
-            reject_unknown(&scope, "", &listener, &[], |l| *l = Listener::default()).is_ok()
-        );
+        assert!(reject_unknown(&scope, "", &listener, &[], |l| *l = Listener::default()).is_ok());
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use mizzen_xds::pb;
 use pb::envoy::config::cluster::v3::{Cluster, cluster};
-use pb::envoy::config::core::v3::{ConfigSource, Http1ProtocolOptions, Http2ProtocolOptions, config_source};
+use pb::envoy::config::core::v3::{
+    ConfigSource, Http1ProtocolOptions, Http2ProtocolOptions, config_source,
+};
 use pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
     UpstreamProtocolOptions, explicit_http_config,
@@ -19,7 +21,8 @@ use super::{ConfigError, Scope, duration, fields, join, unpack};
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Key of the upstream HTTP options in `typed_extension_protocol_options`.
-pub const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+pub const HTTP_PROTOCOL_OPTIONS_KEY: &str =
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -33,7 +36,9 @@ pub struct ClusterConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discovery {
     /// Endpoints arrive over EDS under this name.
-    Eds { service_name: Arc<str> },
+    Eds {
+        service_name: Arc<str>,
+    },
     Static(Arc<EndpointSet>),
 }
 
@@ -76,7 +81,9 @@ impl ClusterConfig {
             None => DiscoveryType::Static,
             Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(*t)
                 .map_err(|_| scope.invalid("type", "unknown enum value"))?,
-            Some(ClusterDiscoveryType::ClusterType(_)) => return Err(scope.unsupported("cluster_type")),
+            Some(ClusterDiscoveryType::ClusterType(_)) => {
+                return Err(scope.unsupported("cluster_type"));
+            }
         };
         let discovery = match kind {
             DiscoveryType::Eds => {
@@ -86,21 +93,35 @@ impl ClusterConfig {
                 let service_name = match &c.eds_cluster_config {
                     None => c.name.clone(),
                     Some(eds) => {
-                        reject_unknown(scope, "eds_cluster_config", eds, fields::EDS_CLUSTER_CONFIG, |e| {
-                            e.eds_config = None;
-                            e.service_name.clear();
-                        })?;
+                        reject_unknown(
+                            scope,
+                            "eds_cluster_config",
+                            eds,
+                            fields::EDS_CLUSTER_CONFIG,
+                            |e| {
+                                e.eds_config = None;
+                                e.service_name.clear();
+                            },
+                        )?;
                         if let Some(cs) = &eds.eds_config {
                             ads_config_source(scope, "eds_cluster_config.eds_config", cs)?;
                         }
-                        if eds.service_name.is_empty() { c.name.clone() } else { eds.service_name.clone() }
+                        if eds.service_name.is_empty() {
+                            c.name.clone()
+                        } else {
+                            eds.service_name.clone()
+                        }
                     }
                 };
-                Discovery::Eds { service_name: Arc::from(service_name) }
+                Discovery::Eds {
+                    service_name: Arc::from(service_name),
+                }
             }
             DiscoveryType::Static => {
                 if c.eds_cluster_config.is_some() {
-                    return Err(scope.invalid("eds_cluster_config", "only allowed on an EDS cluster"));
+                    return Err(
+                        scope.invalid("eds_cluster_config", "only allowed on an EDS cluster")
+                    );
                 }
                 let set = match &c.load_assignment {
                     Some(cla) => compile_in(scope, "load_assignment", cla)?,
@@ -116,7 +137,9 @@ impl ClusterConfig {
             Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
             Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
             Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
-            Ok(other) => return Err(scope.unsupported(format!("lb_policy {}", other.as_str_name()))),
+            Ok(other) => {
+                return Err(scope.unsupported(format!("lb_policy {}", other.as_str_name())));
+            }
             Err(_) => return Err(scope.invalid("lb_policy", "unknown enum value")),
         };
         let connect_timeout = match &c.connect_timeout {
@@ -165,9 +188,15 @@ fn upstream_protocol(
     path: &str,
     opts: &HttpProtocolOptions,
 ) -> Result<UpstreamProtocol, ConfigError> {
-    reject_unknown(scope, path, opts, fields::UPSTREAM_HTTP_PROTOCOL_OPTIONS, |o| {
-        o.upstream_protocol_options = None;
-    })?;
+    reject_unknown(
+        scope,
+        path,
+        opts,
+        fields::UPSTREAM_HTTP_PROTOCOL_OPTIONS,
+        |o| {
+            o.upstream_protocol_options = None;
+        },
+    )?;
     match &opts.upstream_protocol_options {
         None => Ok(UpstreamProtocol::Http1),
         Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => {
@@ -202,7 +231,9 @@ fn upstream_protocol(
             }
             Ok(UpstreamProtocol::Downstream)
         }
-        Some(UpstreamProtocolOptions::AutoConfig(_)) => Err(scope.unsupported(join(path, "auto_config"))),
+        Some(UpstreamProtocolOptions::AutoConfig(_)) => {
+            Err(scope.unsupported(join(path, "auto_config")))
+        }
     }
 }
 
@@ -212,14 +243,25 @@ fn http1_options(scope: &Scope, path: &str, o: &Http1ProtocolOptions) -> Result<
 }
 
 /// HTTP/2 tuning is not implemented: only the empty message is accepted.
-pub(crate) fn http2_options(scope: &Scope, path: &str, o: &Http2ProtocolOptions) -> Result<(), ConfigError> {
+pub(crate) fn http2_options(
+    scope: &Scope,
+    path: &str,
+    o: &Http2ProtocolOptions,
+) -> Result<(), ConfigError> {
     reject_unknown(scope, path, o, fields::HTTP2_PROTOCOL_OPTIONS, |_| {})
 }
 
 /// The proxy fetches everything over its one ADS stream.
-pub(crate) fn ads_config_source(scope: &Scope, path: &str, cs: &ConfigSource) -> Result<(), ConfigError> {
+pub(crate) fn ads_config_source(
+    scope: &Scope,
+    path: &str,
+    cs: &ConfigSource,
+) -> Result<(), ConfigError> {
     reject_unknown(scope, path, cs, fields::CONFIG_SOURCE, |c| {
-        if matches!(c.config_source_specifier, Some(config_source::ConfigSourceSpecifier::Ads(_))) {
+        if matches!(
+            c.config_source_specifier,
+            Some(config_source::ConfigSourceSpecifier::Ads(_))
+        ) {
             c.config_source_specifier = None;
         }
         c.resource_api_version = 0;
@@ -231,7 +273,9 @@ pub(crate) fn ads_config_source(scope: &Scope, path: &str, cs: &ConfigSource) ->
         return Err(scope.missing(join(path, "ads")));
     }
     use pb::envoy::config::core::v3::ApiVersion;
-    if cs.resource_api_version != ApiVersion::Auto as i32 && cs.resource_api_version != ApiVersion::V3 as i32 {
+    if cs.resource_api_version != ApiVersion::Auto as i32
+        && cs.resource_api_version != ApiVersion::V3 as i32
+    {
         return Err(scope.unsupported(join(path, "resource_api_version")));
     }
     Ok(())
@@ -246,10 +290,14 @@ mod tests {
     fn eds(name: &str) -> Cluster {
         Cluster {
             name: name.into(),
-            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
             eds_cluster_config: Some(cluster::EdsClusterConfig {
                 eds_config: Some(ConfigSource {
-                    config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+                    config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+                        AggregatedConfigSource {},
+                    )),
                     resource_api_version: pb::envoy::config::core::v3::ApiVersion::V3 as i32,
                     ..Default::default()
                 }),
@@ -262,7 +310,10 @@ mod tests {
     #[test]
     fn eds_cluster_defaults() {
         let c = ClusterConfig::compile(&eds("outbound|80||b.default.svc.cluster.local")).unwrap();
-        assert_eq!(c.eds_service_name().map(|s| &**s), Some("outbound|80||b.default.svc.cluster.local"));
+        assert_eq!(
+            c.eds_service_name().map(|s| &**s),
+            Some("outbound|80||b.default.svc.cluster.local")
+        );
         assert_eq!(c.lb, LbPolicy::RoundRobin);
         assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(c.protocol, UpstreamProtocol::Http1);
@@ -272,14 +323,23 @@ mod tests {
     fn http2_from_protocol_options() {
         let mut c = eds("grpc");
         let opts = HttpProtocolOptions {
-            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
-                protocol_config: Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(Default::default())),
-            })),
+            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(
+                        explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            Default::default(),
+                        ),
+                    ),
+                },
+            )),
             ..Default::default()
         };
         c.typed_extension_protocol_options
             .insert(HTTP_PROTOCOL_OPTIONS_KEY.into(), mizzen_xds::pack(&opts));
-        assert_eq!(ClusterConfig::compile(&c).unwrap().protocol, UpstreamProtocol::Http2);
+        assert_eq!(
+            ClusterConfig::compile(&c).unwrap().protocol,
+            UpstreamProtocol::Http2
+        );
     }
 
     #[test]
@@ -295,15 +355,24 @@ mod tests {
                 "cluster c: type ORIGINAL_DST is not supported",
             ),
             (
-                Cluster { lb_policy: cluster::LbPolicy::RingHash as i32, ..eds("c") },
+                Cluster {
+                    lb_policy: cluster::LbPolicy::RingHash as i32,
+                    ..eds("c")
+                },
                 "cluster c: lb_policy RING_HASH is not supported",
             ),
             (
-                Cluster { transport_socket: Some(Default::default()), ..eds("c") },
+                Cluster {
+                    transport_socket: Some(Default::default()),
+                    ..eds("c")
+                },
                 "cluster c: transport_socket is not supported",
             ),
             (
-                Cluster { circuit_breakers: Some(Default::default()), ..eds("c") },
+                Cluster {
+                    circuit_breakers: Some(Default::default()),
+                    ..eds("c")
+                },
                 "cluster c: circuit_breakers is not supported",
             ),
         ];

@@ -28,7 +28,11 @@ pub struct EndpointSet {
 
 impl EndpointSet {
     pub fn compile(cla: &ClusterLoadAssignment) -> Result<EndpointSet, ConfigError> {
-        compile_in(&Scope::new("cluster_load_assignment", &cla.cluster_name), "", cla)
+        compile_in(
+            &Scope::new("cluster_load_assignment", &cla.cluster_name),
+            "",
+            cla,
+        )
     }
 }
 
@@ -49,15 +53,21 @@ pub(crate) fn compile_in(
     let mut total = 0;
     for (i, locality) in cla.endpoints.iter().enumerate() {
         let lpath = join(path, &format!("endpoints[{i}]"));
-        reject_unknown(scope, &lpath, locality, fields::LOCALITY_LB_ENDPOINTS, |l| {
-            l.lb_endpoints.clear();
-            l.priority = 0;
-            // Locality and its weight only matter with locality-weighted load
-            // balancing, which clusters cannot enable here; metadata is inert.
-            l.locality = None;
-            l.load_balancing_weight = None;
-            l.metadata = None;
-        })?;
+        reject_unknown(
+            scope,
+            &lpath,
+            locality,
+            fields::LOCALITY_LB_ENDPOINTS,
+            |l| {
+                l.lb_endpoints.clear();
+                l.priority = 0;
+                // Locality and its weight only matter with locality-weighted load
+                // balancing, which clusters cannot enable here; metadata is inert.
+                l.locality = None;
+                l.load_balancing_weight = None;
+                l.metadata = None;
+            },
+        )?;
         for (j, lb) in locality.lb_endpoints.iter().enumerate() {
             let epath = join(&lpath, &format!("lb_endpoints[{j}]"));
             reject_unknown(scope, &epath, lb, fields::LB_ENDPOINT, |e| {
@@ -81,21 +91,31 @@ pub(crate) fn compile_in(
                 None => 1,
                 Some(w) if w.value >= 1 => w.value,
                 Some(_) => {
-                    return Err(scope.invalid(join(&epath, "load_balancing_weight"), "must be at least 1"));
+                    return Err(
+                        scope.invalid(join(&epath, "load_balancing_weight"), "must be at least 1")
+                    );
                 }
             };
             total += 1;
             let healthy = match HealthStatus::try_from(lb.health_status) {
                 Ok(HealthStatus::Unknown | HealthStatus::Healthy | HealthStatus::Degraded) => true,
-                Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout) => false,
+                Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout) => {
+                    false
+                }
                 Err(_) => {
                     return Err(scope.invalid(join(&epath, "health_status"), "unknown enum value"));
                 }
             };
             if healthy {
-                match by_priority.iter_mut().find(|(p, _)| *p == locality.priority) {
+                match by_priority
+                    .iter_mut()
+                    .find(|(p, _)| *p == locality.priority)
+                {
                     Some((_, v)) => v.push(LbEndpointConfig { address, weight }),
-                    None => by_priority.push((locality.priority, vec![LbEndpointConfig { address, weight }])),
+                    None => by_priority.push((
+                        locality.priority,
+                        vec![LbEndpointConfig { address, weight }],
+                    )),
                 }
             }
         }
@@ -132,12 +152,17 @@ pub(crate) fn socket_address(
         s.protocol = 0; // TCP
     })?;
     let ip: IpAddr = sa.address.parse().map_err(|_| {
-        scope.invalid(join(&spath, "address"), format!("{:?} is not an IP address", sa.address))
+        scope.invalid(
+            join(&spath, "address"),
+            format!("{:?} is not an IP address", sa.address),
+        )
     })?;
     let port = match sa.port_specifier {
         Some(PortSpecifier::PortValue(p)) => u16::try_from(p)
             .map_err(|_| scope.invalid(join(&spath, "port_value"), "out of range"))?,
-        Some(PortSpecifier::NamedPort(_)) => return Err(scope.unsupported(join(&spath, "named_port"))),
+        Some(PortSpecifier::NamedPort(_)) => {
+            return Err(scope.unsupported(join(&spath, "named_port")));
+        }
         None => return Err(scope.missing(join(&spath, "port_value"))),
     };
     Ok(SocketAddr::new(ip, port))
@@ -191,8 +216,14 @@ pub(crate) mod tests {
         assert_eq!(
             set.endpoints,
             vec![
-                LbEndpointConfig { address: "10.0.0.1:80".parse().unwrap(), weight: 3 },
-                LbEndpointConfig { address: "10.0.0.4:80".parse().unwrap(), weight: 1 },
+                LbEndpointConfig {
+                    address: "10.0.0.1:80".parse().unwrap(),
+                    weight: 3
+                },
+                LbEndpointConfig {
+                    address: "10.0.0.4:80".parse().unwrap(),
+                    weight: 1
+                },
             ]
         );
     }

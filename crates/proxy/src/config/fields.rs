@@ -109,10 +109,7 @@ pub(super) const HTTP_CONNECTION_MANAGER: &[(u32, &str)] = &[
     (61, "forward_proto_config"),
     (62, "drain_timeout_jitter"),
 ];
-pub(super) const RDS: &[(u32, &str)] = &[
-    (1, "config_source"),
-    (2, "route_config_name"),
-];
+pub(super) const RDS: &[(u32, &str)] = &[(1, "config_source"), (2, "route_config_name")];
 pub(super) const HTTP_FILTER: &[(u32, &str)] = &[
     (1, "name"),
     (4, "typed_config"),
@@ -158,11 +155,7 @@ pub(super) const HEADER_VALUE_OPTION: &[(u32, &str)] = &[
     (3, "append_action"),
     (4, "keep_empty_value"),
 ];
-pub(super) const HEADER_VALUE: &[(u32, &str)] = &[
-    (1, "key"),
-    (2, "value"),
-    (3, "raw_value"),
-];
+pub(super) const HEADER_VALUE: &[(u32, &str)] = &[(1, "key"), (2, "value"), (3, "raw_value")];
 pub(super) const ROUTE_CONFIGURATION: &[(u32, &str)] = &[
     (1, "name"),
     (2, "virtual_hosts"),
@@ -253,9 +246,7 @@ pub(super) const HEADER_MATCHER: &[(u32, &str)] = &[
     (8, "invert_match"),
     (14, "treat_missing_header_as_empty"),
 ];
-pub(super) const QUERY_PARAMETER_MATCHER: &[(u32, &str)] = &[
-    (1, "name"),
-];
+pub(super) const QUERY_PARAMETER_MATCHER: &[(u32, &str)] = &[(1, "name")];
 pub(super) const ROUTE_ACTION: &[(u32, &str)] = &[
     (1, "cluster"),
     (2, "cluster_header"),
@@ -315,11 +306,8 @@ pub(super) const CLUSTER_WEIGHT: &[(u32, &str)] = &[
     (11, "host_rewrite_literal"),
     (12, "cluster_header"),
 ];
-pub(super) const DIRECT_RESPONSE_ACTION: &[(u32, &str)] = &[
-    (1, "status"),
-    (2, "body"),
-    (3, "body_format"),
-];
+pub(super) const DIRECT_RESPONSE_ACTION: &[(u32, &str)] =
+    &[(1, "status"), (2, "body"), (3, "body_format")];
 pub(super) const REDIRECT_ACTION: &[(u32, &str)] = &[
     (1, "host_redirect"),
     (2, "path_redirect"),
@@ -332,10 +320,7 @@ pub(super) const REDIRECT_ACTION: &[(u32, &str)] = &[
     (9, "regex_rewrite"),
     (10, "path_rewrite"),
 ];
-pub(super) const REGEX_MATCHER: &[(u32, &str)] = &[
-    (1, "google_re2"),
-    (2, "regex"),
-];
+pub(super) const REGEX_MATCHER: &[(u32, &str)] = &[(1, "google_re2"), (2, "regex")];
 pub(super) const CLUSTER: &[(u32, &str)] = &[
     (1, "name"),
     (2, "type"),

@@ -116,7 +116,10 @@ fn header_add(
     }
     let value = HeaderValue::from_bytes(&raw)
         .map_err(|_| scope.invalid(join(&hpath, "value"), "invalid header value"))?;
-    let action = match (option.append, HeaderAppendAction::try_from(option.append_action)) {
+    let action = match (
+        option.append,
+        HeaderAppendAction::try_from(option.append_action),
+    ) {
         (Some(_), Ok(a)) if a != HeaderAppendAction::AppendIfExistsOrAdd => {
             return Err(scope.invalid(
                 join(path, "append"),
@@ -135,7 +138,11 @@ fn header_add(
             return Err(scope.invalid(join(path, "append_action"), "unknown enum value"));
         }
     };
-    Ok(Some(HeaderAdd { name, value, action }))
+    Ok(Some(HeaderAdd {
+        name,
+        value,
+        action,
+    }))
 }
 
 /// Envoy refuses to let routes touch pseudo-headers and Host.
@@ -203,13 +210,30 @@ mod tests {
             option("x-e", "5", HeaderAppendAction::OverwriteIfExists),
             option("x-empty", "", HeaderAppendAction::OverwriteIfExistsOrAdd),
         ];
-        let ops = header_ops(&scope, "", ("add", &adds), ("remove", &["x-gone".to_string()])).unwrap();
+        let ops = header_ops(
+            &scope,
+            "",
+            ("add", &adds),
+            ("remove", &["x-gone".to_string()]),
+        )
+        .unwrap();
         let mut h = HeaderMap::new();
-        for (k, v) in [("x-a", "0"), ("x-b", "0"), ("x-c", "0"), ("x-d", "0"), ("x-gone", "0")] {
+        for (k, v) in [
+            ("x-a", "0"),
+            ("x-b", "0"),
+            ("x-c", "0"),
+            ("x-d", "0"),
+            ("x-gone", "0"),
+        ] {
             h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         ops.apply(&mut h);
-        let all = |k: &str| h.get_all(k).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
+        let all = |k: &str| {
+            h.get_all(k)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(all("x-a"), ["0", "1"]);
         assert_eq!(all("x-b"), ["0"]);
         assert_eq!(all("x-c"), ["3"]);
@@ -225,7 +249,14 @@ mod tests {
         let err = header_ops(
             &scope,
             "virtual_hosts[0]",
-            ("request_headers_to_add", &[option("x-ip", "%DOWNSTREAM_REMOTE_ADDRESS%", HeaderAppendAction::AppendIfExistsOrAdd)]),
+            (
+                "request_headers_to_add",
+                &[option(
+                    "x-ip",
+                    "%DOWNSTREAM_REMOTE_ADDRESS%",
+                    HeaderAppendAction::AppendIfExistsOrAdd,
+                )],
+            ),
             ("request_headers_to_remove", &[]),
         )
         .unwrap_err();
@@ -236,12 +267,22 @@ mod tests {
         let ok = header_ops(
             &scope,
             "",
-            ("a", &[option("x-pct", "100%%", HeaderAppendAction::AppendIfExistsOrAdd)]),
+            (
+                "a",
+                &[option(
+                    "x-pct",
+                    "100%%",
+                    HeaderAppendAction::AppendIfExistsOrAdd,
+                )],
+            ),
             ("r", &[]),
         )
         .unwrap();
         assert_eq!(ok.add[0].value, "100%");
         let err = header_ops(&scope, "", ("a", &[]), ("r", &[":path".to_string()])).unwrap_err();
-        assert_eq!(err.to_string(), "route_configuration r: r[0]: header :path may not be modified");
+        assert_eq!(
+            err.to_string(),
+            "route_configuration r: r[0]: header :path may not be modified"
+        );
     }
 }

@@ -88,25 +88,40 @@ impl ListenerConfig {
             return Err(scope.missing("name"));
         }
         let address = socket_address(scope, "address", l.address.as_ref())?;
-        let direction = match pb::envoy::config::core::v3::TrafficDirection::try_from(l.traffic_direction) {
-            Ok(pb::envoy::config::core::v3::TrafficDirection::Unspecified) => TrafficDirection::Unspecified,
-            Ok(pb::envoy::config::core::v3::TrafficDirection::Inbound) => TrafficDirection::Inbound,
-            Ok(pb::envoy::config::core::v3::TrafficDirection::Outbound) => TrafficDirection::Outbound,
-            Err(_) => return Err(scope.invalid("traffic_direction", "unknown enum value")),
-        };
+        let direction =
+            match pb::envoy::config::core::v3::TrafficDirection::try_from(l.traffic_direction) {
+                Ok(pb::envoy::config::core::v3::TrafficDirection::Unspecified) => {
+                    TrafficDirection::Unspecified
+                }
+                Ok(pb::envoy::config::core::v3::TrafficDirection::Inbound) => {
+                    TrafficDirection::Inbound
+                }
+                Ok(pb::envoy::config::core::v3::TrafficDirection::Outbound) => {
+                    TrafficDirection::Outbound
+                }
+                Err(_) => return Err(scope.invalid("traffic_direction", "unknown enum value")),
+            };
         let chain = match l.filter_chains.as_slice() {
             [] => return Err(scope.missing("filter_chains")),
             [one] => one,
-            [_, ..] => return Err(scope.unsupported("filter_chains[1] (more than one filter chain)")),
+            [_, ..] => {
+                return Err(scope.unsupported("filter_chains[1] (more than one filter chain)"));
+            }
         };
         if let Some(ts) = &chain.transport_socket {
             return Err(scope.unsupported(format!("filter_chains[0].transport_socket {}", ts.name)));
         }
-        reject_unknown(scope, "filter_chains[0]", chain, fields::FILTER_CHAIN, |c| {
-            c.filters.clear();
-            c.name.clear();
-            c.metadata = None;
-        })?;
+        reject_unknown(
+            scope,
+            "filter_chains[0]",
+            chain,
+            fields::FILTER_CHAIN,
+            |c| {
+                c.filters.clear();
+                c.name.clear();
+                c.metadata = None;
+            },
+        )?;
         let filter = match chain.filters.as_slice() {
             [] => return Err(scope.missing("filter_chains[0].filters")),
             [one] => one,
@@ -172,7 +187,11 @@ fn filter_label(f: &pb::envoy::config::listener::v3::Filter) -> String {
     }
 }
 
-fn compile_hcm(scope: &Scope, path: &str, hcm: &HttpConnectionManager) -> Result<HttpConfig, ConfigError> {
+fn compile_hcm(
+    scope: &Scope,
+    path: &str,
+    hcm: &HttpConnectionManager,
+) -> Result<HttpConfig, ConfigError> {
     reject_unknown(scope, path, hcm, fields::HTTP_CONNECTION_MANAGER, |h| {
         h.codec_type = 0;
         h.stat_prefix.clear();
@@ -209,10 +228,14 @@ fn compile_hcm(scope: &Scope, path: &str, hcm: &HttpConnectionManager) -> Result
             }
             RouteSource::Rds(Arc::from(rds.route_config_name.as_str()))
         }
-        Some(RouteSpecifier::RouteConfig(rc)) => {
-            RouteSource::Inline(Arc::new(compile_table(scope, &join(path, "route_config"), rc)?))
+        Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Inline(Arc::new(compile_table(
+            scope,
+            &join(path, "route_config"),
+            rc,
+        )?)),
+        Some(RouteSpecifier::ScopedRoutes(_)) => {
+            return Err(scope.unsupported(join(path, "scoped_routes")));
         }
-        Some(RouteSpecifier::ScopedRoutes(_)) => return Err(scope.unsupported(join(path, "scoped_routes"))),
         None => return Err(scope.missing(join(path, "rds"))),
     };
     let mut suppress_envoy_headers = false;
@@ -220,8 +243,15 @@ fn compile_hcm(scope: &Scope, path: &str, hcm: &HttpConnectionManager) -> Result
         None => return Err(scope.missing(join(path, "http_filters"))),
         Some((last, others)) => {
             if let Some((i, f)) = others.iter().enumerate().next() {
-                let label = if f.name.is_empty() { format!("http_filters[{i}]") } else { f.name.clone() };
-                return Err(scope.unsupported(format!("{} (http filter {label})", join(path, &format!("http_filters[{i}]")))));
+                let label = if f.name.is_empty() {
+                    format!("http_filters[{i}]")
+                } else {
+                    f.name.clone()
+                };
+                return Err(scope.unsupported(format!(
+                    "{} (http filter {label})",
+                    join(path, &format!("http_filters[{i}]"))
+                )));
             }
             let fpath = join(path, &format!("http_filters[{}]", others.len()));
             reject_unknown(scope, &fpath, last, fields::HTTP_FILTER, |f| {
@@ -263,7 +293,11 @@ fn compile_hcm(scope: &Scope, path: &str, hcm: &HttpConnectionManager) -> Result
         })?;
         allow_absolute_url = h1.allow_absolute_url.is_some_and(|b| b.value);
     }
-    let server_name = if hcm.server_name.is_empty() { "envoy" } else { hcm.server_name.as_str() };
+    let server_name = if hcm.server_name.is_empty() {
+        "envoy"
+    } else {
+        hcm.server_name.as_str()
+    };
     let server_name = HeaderValue::from_str(server_name)
         .map_err(|_| scope.invalid(join(path, "server_name"), "invalid header value"))?;
     Ok(HttpConfig {
@@ -287,7 +321,9 @@ pub(crate) mod tests {
     pub(crate) fn router_filter() -> HttpFilter {
         HttpFilter {
             name: ROUTER.into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(mizzen_xds::pack(&Router::default()))),
+            config_type: Some(http_filter::ConfigType::TypedConfig(mizzen_xds::pack(
+                &Router::default(),
+            ))),
             ..Default::default()
         }
     }
@@ -297,7 +333,9 @@ pub(crate) mod tests {
             stat_prefix: "outbound_0.0.0.0_8080".into(),
             route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
                 config_source: Some(ConfigSource {
-                    config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+                    config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+                        AggregatedConfigSource {},
+                    )),
                     ..Default::default()
                 }),
                 route_config_name: route.into(),
@@ -307,7 +345,12 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn listener(name: &str, addr: &str, port: u32, hcm: &HttpConnectionManager) -> Listener {
+    pub(crate) fn listener(
+        name: &str,
+        addr: &str,
+        port: u32,
+        hcm: &HttpConnectionManager,
+    ) -> Listener {
         Listener {
             name: name.into(),
             address: Some(super::super::endpoint::tests::address(addr, port)),
@@ -324,7 +367,9 @@ pub(crate) mod tests {
 
     #[test]
     fn compiles_rds_listener() {
-        let l = ListenerConfig::compile(&listener("0.0.0.0_8080", "0.0.0.0", 8080, &rds_hcm("8080"))).unwrap();
+        let l =
+            ListenerConfig::compile(&listener("0.0.0.0_8080", "0.0.0.0", 8080, &rds_hcm("8080")))
+                .unwrap();
         assert_eq!(l.rds_name().map(|s| &**s), Some("8080"));
         assert_eq!(&*l.stat_prefix, "0.0.0.0_8080");
         assert_eq!(l.http.codec, Codec::Auto);
@@ -343,23 +388,39 @@ pub(crate) mod tests {
         let mut orig_dst = listener("virtualOutbound", "0.0.0.0", 15001, &rds_hcm("r"));
         orig_dst.use_original_dst = Some(pb::google::protobuf::BoolValue { value: true });
         let mut tls = listener("l", "0.0.0.0", 8443, &rds_hcm("r"));
-        tls.filter_chains[0].transport_socket = Some(pb::envoy::config::core::v3::TransportSocket {
-            name: "envoy.transport_sockets.tls".into(),
-            config_type: None,
-        });
+        tls.filter_chains[0].transport_socket =
+            Some(pb::envoy::config::core::v3::TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: None,
+            });
         let mut extra_http_filter = rds_hcm("r");
         extra_http_filter.http_filters.insert(
             0,
-            HttpFilter { name: "envoy.filters.http.fault".into(), ..Default::default() },
+            HttpFilter {
+                name: "envoy.filters.http.fault".into(),
+                ..Default::default()
+            },
         );
         let mut no_router = rds_hcm("r");
-        no_router.http_filters = vec![HttpFilter { name: "envoy.filters.http.cors".into(), ..Default::default() }];
+        no_router.http_filters = vec![HttpFilter {
+            name: "envoy.filters.http.cors".into(),
+            ..Default::default()
+        }];
         let mut access_log = rds_hcm("r");
         access_log.access_log.push(Default::default());
         let cases = [
-            (with_tcp, "listener 0.0.0.0_8080: filter envoy.filters.network.tcp_proxy is not supported"),
-            (orig_dst, "listener virtualOutbound: use_original_dst is not supported"),
-            (tls, "listener l: filter_chains[0].transport_socket envoy.transport_sockets.tls is not supported"),
+            (
+                with_tcp,
+                "listener 0.0.0.0_8080: filter envoy.filters.network.tcp_proxy is not supported",
+            ),
+            (
+                orig_dst,
+                "listener virtualOutbound: use_original_dst is not supported",
+            ),
+            (
+                tls,
+                "listener l: filter_chains[0].transport_socket envoy.transport_sockets.tls is not supported",
+            ),
             (
                 listener("l", "0.0.0.0", 80, &extra_http_filter),
                 "listener l: filter_chains[0].filters[0].typed_config.http_filters[0] (http filter envoy.filters.http.fault) is not supported",

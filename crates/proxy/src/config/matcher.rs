@@ -16,10 +16,22 @@ use super::{ConfigError, Scope, fields, join};
 #[derive(Debug, Clone)]
 pub enum StringMatch {
     /// Needle stored lowercased when `ignore_case`.
-    Exact { value: String, ignore_case: bool },
-    Prefix { value: String, ignore_case: bool },
-    Suffix { value: String, ignore_case: bool },
-    Contains { value: String, ignore_case: bool },
+    Exact {
+        value: String,
+        ignore_case: bool,
+    },
+    Prefix {
+        value: String,
+        ignore_case: bool,
+    },
+    Suffix {
+        value: String,
+        ignore_case: bool,
+    },
+    Contains {
+        value: String,
+        ignore_case: bool,
+    },
     /// Anchored: Envoy's safe_regex must match the whole input.
     Regex(Regex),
 }
@@ -91,10 +103,22 @@ pub(crate) fn string_match(
 ) -> Result<StringMatch, ConfigError> {
     let ic = m.ignore_case;
     Ok(match &m.match_pattern {
-        Some(MatchPattern::Exact(v)) => StringMatch::Exact { value: folded(v, ic), ignore_case: ic },
-        Some(MatchPattern::Prefix(v)) => StringMatch::Prefix { value: folded(v, ic), ignore_case: ic },
-        Some(MatchPattern::Suffix(v)) => StringMatch::Suffix { value: folded(v, ic), ignore_case: ic },
-        Some(MatchPattern::Contains(v)) => StringMatch::Contains { value: folded(v, ic), ignore_case: ic },
+        Some(MatchPattern::Exact(v)) => StringMatch::Exact {
+            value: folded(v, ic),
+            ignore_case: ic,
+        },
+        Some(MatchPattern::Prefix(v)) => StringMatch::Prefix {
+            value: folded(v, ic),
+            ignore_case: ic,
+        },
+        Some(MatchPattern::Suffix(v)) => StringMatch::Suffix {
+            value: folded(v, ic),
+            ignore_case: ic,
+        },
+        Some(MatchPattern::Contains(v)) => StringMatch::Contains {
+            value: folded(v, ic),
+            ignore_case: ic,
+        },
         Some(MatchPattern::SafeRegex(r)) => {
             StringMatch::Regex(regex(scope, &join(path, "safe_regex"), r)?)
         }
@@ -171,24 +195,37 @@ pub(crate) fn header_match(
         ":authority" | "host" | "Host" => HeaderSource::Authority,
         ":scheme" => HeaderSource::Scheme,
         name => HeaderSource::Header(
-            HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-                .map_err(|_| scope.invalid(join(path, "name"), format!("invalid header name {name:?}")))?,
+            HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                scope.invalid(join(path, "name"), format!("invalid header name {name:?}"))
+            })?,
         ),
     };
     let plain = |value: &str, make: fn(String) -> StringMatch| make(value.to_string());
     let test = match &m.header_match_specifier {
-        Some(HeaderMatchSpecifier::ExactMatch(v)) => HeaderTest::Value(plain(v, |value| {
-            StringMatch::Exact { value, ignore_case: false }
-        })),
-        Some(HeaderMatchSpecifier::PrefixMatch(v)) => HeaderTest::Value(plain(v, |value| {
-            StringMatch::Prefix { value, ignore_case: false }
-        })),
-        Some(HeaderMatchSpecifier::SuffixMatch(v)) => HeaderTest::Value(plain(v, |value| {
-            StringMatch::Suffix { value, ignore_case: false }
-        })),
-        Some(HeaderMatchSpecifier::ContainsMatch(v)) => HeaderTest::Value(plain(v, |value| {
-            StringMatch::Contains { value, ignore_case: false }
-        })),
+        Some(HeaderMatchSpecifier::ExactMatch(v)) => {
+            HeaderTest::Value(plain(v, |value| StringMatch::Exact {
+                value,
+                ignore_case: false,
+            }))
+        }
+        Some(HeaderMatchSpecifier::PrefixMatch(v)) => {
+            HeaderTest::Value(plain(v, |value| StringMatch::Prefix {
+                value,
+                ignore_case: false,
+            }))
+        }
+        Some(HeaderMatchSpecifier::SuffixMatch(v)) => {
+            HeaderTest::Value(plain(v, |value| StringMatch::Suffix {
+                value,
+                ignore_case: false,
+            }))
+        }
+        Some(HeaderMatchSpecifier::ContainsMatch(v)) => {
+            HeaderTest::Value(plain(v, |value| StringMatch::Contains {
+                value,
+                ignore_case: false,
+            }))
+        }
         Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => HeaderTest::Value(StringMatch::Regex(
             regex(scope, &join(path, "safe_regex_match"), r)?,
         )),
@@ -282,20 +319,30 @@ mod tests {
             (MatchPattern::Contains("MID".into()), true, "amidst", true),
             (MatchPattern::Contains("x".into()), false, "amidst", false),
             (
-                MatchPattern::SafeRegex(RegexMatcher { regex: "v[0-9]".into(), engine_type: None }),
+                MatchPattern::SafeRegex(RegexMatcher {
+                    regex: "v[0-9]".into(),
+                    engine_type: None,
+                }),
                 false,
                 "v1",
                 true,
             ),
             (
-                MatchPattern::SafeRegex(RegexMatcher { regex: "v[0-9]".into(), engine_type: None }),
+                MatchPattern::SafeRegex(RegexMatcher {
+                    regex: "v[0-9]".into(),
+                    engine_type: None,
+                }),
                 false,
                 "xv1",
                 false,
             ),
         ];
         for (pattern, ic, input, want) in cases {
-            assert_eq!(sm(pattern.clone(), *ic).matches(input), *want, "{pattern:?} {ic} {input}");
+            assert_eq!(
+                sm(pattern.clone(), *ic).matches(input),
+                *want,
+                "{pattern:?} {ic} {input}"
+            );
         }
     }
 
@@ -322,11 +369,31 @@ mod tests {
             (hm(exact(), false), None, false),
             (hm(exact(), true), Some("other"), true),
             (hm(exact(), true), None, false),
-            (hm(HeaderMatchSpecifier::PresentMatch(true), false), Some(""), true),
-            (hm(HeaderMatchSpecifier::PresentMatch(true), false), None, false),
-            (hm(HeaderMatchSpecifier::PresentMatch(false), false), None, true),
-            (hm(HeaderMatchSpecifier::PresentMatch(true), true), None, true),
-            (hm(HeaderMatchSpecifier::PresentMatch(true), true), Some("x"), false),
+            (
+                hm(HeaderMatchSpecifier::PresentMatch(true), false),
+                Some(""),
+                true,
+            ),
+            (
+                hm(HeaderMatchSpecifier::PresentMatch(true), false),
+                None,
+                false,
+            ),
+            (
+                hm(HeaderMatchSpecifier::PresentMatch(false), false),
+                None,
+                true,
+            ),
+            (
+                hm(HeaderMatchSpecifier::PresentMatch(true), true),
+                None,
+                true,
+            ),
+            (
+                hm(HeaderMatchSpecifier::PresentMatch(true), true),
+                Some("x"),
+                false,
+            ),
         ];
         for (i, (m, value, want)) in cases.iter().enumerate() {
             assert_eq!(m.matches(*value), *want, "case {i}");

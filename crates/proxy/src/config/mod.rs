@@ -83,7 +83,11 @@ impl Scope {
         self.error(field, Problem::Missing)
     }
 
-    pub(crate) fn invalid(&self, field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    pub(crate) fn invalid(
+        &self,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> ConfigError {
         self.error(field, Problem::Invalid(reason.into()))
     }
 
@@ -125,10 +129,7 @@ pub(crate) fn unpack<M: prost::Message + prost::Name + Default>(
 ) -> Result<M, ConfigError> {
     let expected = M::type_url();
     if type_name(&any.type_url) != type_name(&expected) {
-        return Err(scope.invalid(
-            field,
-            format!("expected {expected}, got {}", any.type_url),
-        ));
+        return Err(scope.invalid(field, format!("expected {expected}, got {}", any.type_url)));
     }
     M::decode(any.value.as_slice()).map_err(|e| scope.invalid(field, format!("cannot decode: {e}")))
 }

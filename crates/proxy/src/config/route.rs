@@ -16,9 +16,7 @@ use rpb::route_match::PathSpecifier;
 
 use super::check::reject_unknown;
 use super::headers::{HeaderOps, header_ops};
-use super::matcher::{
-    HeaderMatch, HeaderSource, QueryMatch, header_match, query_match, regex,
-};
+use super::matcher::{HeaderMatch, HeaderSource, QueryMatch, header_match, query_match, regex};
 use super::{ConfigError, Scope, duration, fields, join};
 
 /// Envoy's route timeout when `timeout` is unset.
@@ -65,10 +63,19 @@ pub struct Route {
 
 #[derive(Debug)]
 enum PathMatch {
-    Prefix { value: String, ignore_case: bool },
+    Prefix {
+        value: String,
+        ignore_case: bool,
+    },
     /// `path_separated_prefix`: the prefix must end at a `/` boundary.
-    SeparatedPrefix { value: String, ignore_case: bool },
-    Exact { value: String, ignore_case: bool },
+    SeparatedPrefix {
+        value: String,
+        ignore_case: bool,
+    },
+    Exact {
+        value: String,
+        ignore_case: bool,
+    },
     Regex(Regex),
 }
 
@@ -214,7 +221,10 @@ impl Route {
             PathMatch::Regex(re) => re.is_match(path),
         };
         path_ok
-            && self.headers.iter().all(|h| header_value(h, req, |v| h.matches(v)))
+            && self
+                .headers
+                .iter()
+                .all(|h| header_value(h, req, |v| h.matches(v)))
             && self
                 .query
                 .iter()
@@ -335,10 +345,7 @@ impl Redirect {
     /// The `location` for a request; `matched` is the route's matched length.
     pub fn location(&self, scheme: &str, authority: &str, path: &str, matched: usize) -> String {
         let scheme_out = self.scheme.as_deref().unwrap_or(scheme);
-        let mut host = self
-            .host
-            .clone()
-            .unwrap_or_else(|| authority.to_string());
+        let mut host = self.host.clone().unwrap_or_else(|| authority.to_string());
         if let Some(port) = self.port {
             host = format!("{}:{port}", strip_port(&host));
         } else if scheme_out != scheme {
@@ -358,7 +365,11 @@ impl Redirect {
             }
         };
         // A path_redirect carrying its own query replaces the original one.
-        let query = if self.strip_query || new_path.contains('?') { "" } else { query };
+        let query = if self.strip_query || new_path.contains('?') {
+            ""
+        } else {
+            query
+        };
         if query.is_empty() {
             format!("{scheme_out}://{host}{new_path}")
         } else {
@@ -448,12 +459,20 @@ pub(crate) fn compile_table(
         }
     }
     // Longest wildcard wins; stable sort keeps config order among equals.
-    table.suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-    table.prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    table
+        .suffixes
+        .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    table
+        .prefixes
+        .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
     Ok(table)
 }
 
-fn compile_vhost(scope: &Scope, path: &str, vh: &rpb::VirtualHost) -> Result<VirtualHost, ConfigError> {
+fn compile_vhost(
+    scope: &Scope,
+    path: &str,
+    vh: &rpb::VirtualHost,
+) -> Result<VirtualHost, ConfigError> {
     reject_unknown(scope, path, vh, fields::VIRTUAL_HOST, |v| {
         v.name.clear();
         v.domains.clear();
@@ -518,8 +537,14 @@ fn compile_route(scope: &Scope, path: &str, r: &rpb::Route) -> Result<Route, Con
     })?;
     let ignore_case = m.case_sensitive.is_some_and(|c| !c.value);
     let path_match = match &m.path_specifier {
-        Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix { value: p.clone(), ignore_case },
-        Some(PathSpecifier::Path(p)) => PathMatch::Exact { value: p.clone(), ignore_case },
+        Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix {
+            value: p.clone(),
+            ignore_case,
+        },
+        Some(PathSpecifier::Path(p)) => PathMatch::Exact {
+            value: p.clone(),
+            ignore_case,
+        },
         Some(PathSpecifier::PathSeparatedPrefix(p)) => {
             if p.contains(['?', '#']) || (p.len() > 1 && p.ends_with('/')) {
                 return Err(scope.invalid(
@@ -527,9 +552,14 @@ fn compile_route(scope: &Scope, path: &str, r: &rpb::Route) -> Result<Route, Con
                     "must not contain ? or # nor end with /",
                 ));
             }
-            PathMatch::SeparatedPrefix { value: p.clone(), ignore_case }
+            PathMatch::SeparatedPrefix {
+                value: p.clone(),
+                ignore_case,
+            }
         }
-        Some(PathSpecifier::SafeRegex(re)) => PathMatch::Regex(regex(scope, &join(&mpath, "safe_regex"), re)?),
+        Some(PathSpecifier::SafeRegex(re)) => {
+            PathMatch::Regex(regex(scope, &join(&mpath, "safe_regex"), re)?)
+        }
         Some(PathSpecifier::ConnectMatcher(_)) => {
             return Err(scope.unsupported(join(&mpath, "connect_matcher")));
         }
@@ -568,8 +598,13 @@ fn compile_route(scope: &Scope, path: &str, r: &rpb::Route) -> Result<Route, Con
         }
         None => return Err(scope.missing(join(path, "action"))),
     };
-    if let (Action::Redirect(Redirect { path: Some(RedirectPath::Prefix(_)), .. }), PathMatch::Regex(_)) =
-        (&action, &path_match)
+    if let (
+        Action::Redirect(Redirect {
+            path: Some(RedirectPath::Prefix(_)),
+            ..
+        }),
+        PathMatch::Regex(_),
+    ) = (&action, &path_match)
     {
         return Err(scope.invalid(
             join(path, "redirect.prefix_rewrite"),
@@ -597,43 +632,55 @@ fn compile_route(scope: &Scope, path: &str, r: &rpb::Route) -> Result<Route, Con
     })
 }
 
-fn compile_forward(scope: &Scope, path: &str, a: &rpb::RouteAction) -> Result<Forward, ConfigError> {
+fn compile_forward(
+    scope: &Scope,
+    path: &str,
+    a: &rpb::RouteAction,
+) -> Result<Forward, ConfigError> {
     reject_unknown(scope, path, a, fields::ROUTE_ACTION, |a| {
         a.cluster_specifier = None;
         a.timeout = None;
         a.prefix_rewrite.clear();
-        if matches!(a.host_rewrite_specifier, Some(HostRewriteSpecifier::HostRewriteLiteral(_))) {
+        if matches!(
+            a.host_rewrite_specifier,
+            Some(HostRewriteSpecifier::HostRewriteLiteral(_))
+        ) {
             a.host_rewrite_specifier = None;
         }
         a.cluster_not_found_response_code = 0;
         // All-zero max_stream_duration is the "no limit" default, a no-op.
         if let Some(m) = &a.max_stream_duration
-            && [&m.max_stream_duration, &m.grpc_timeout_header_max, &m.grpc_timeout_header_offset]
-                .iter()
-                .all(|d| d.as_ref().is_none_or(|d| d.seconds == 0 && d.nanos == 0))
+            && [
+                &m.max_stream_duration,
+                &m.grpc_timeout_header_max,
+                &m.grpc_timeout_header_offset,
+            ]
+            .iter()
+            .all(|d| d.as_ref().is_none_or(|d| d.seconds == 0 && d.nanos == 0))
         {
             a.max_stream_duration = None;
         }
     })?;
-    let clusters = match &a.cluster_specifier {
-        Some(ClusterSpecifier::Cluster(name)) => {
-            if name.is_empty() {
-                return Err(scope.missing(join(path, "cluster")));
+    let clusters =
+        match &a.cluster_specifier {
+            Some(ClusterSpecifier::Cluster(name)) => {
+                if name.is_empty() {
+                    return Err(scope.missing(join(path, "cluster")));
+                }
+                ClusterChoice::Single(Arc::from(name.as_str()))
             }
-            ClusterChoice::Single(Arc::from(name.as_str()))
-        }
-        Some(ClusterSpecifier::WeightedClusters(w)) => {
-            ClusterChoice::Weighted(compile_weighted(scope, &join(path, "weighted_clusters"), w)?)
-        }
-        Some(ClusterSpecifier::ClusterHeader(_)) => {
-            return Err(scope.unsupported(join(path, "cluster_header")));
-        }
-        Some(ClusterSpecifier::ClusterSpecifierPlugin(_))
-        | Some(ClusterSpecifier::InlineClusterSpecifierPlugin(_)) => {
-            return Err(scope.unsupported(join(path, "cluster_specifier_plugin")));
-        }
-        None => return Err(scope.missing(join(path, "cluster_specifier"))),
-    };
+            Some(ClusterSpecifier::WeightedClusters(w)) => ClusterChoice::Weighted(
+                compile_weighted(scope, &join(path, "weighted_clusters"), w)?,
+            ),
+            Some(ClusterSpecifier::ClusterHeader(_)) => {
+                return Err(scope.unsupported(join(path, "cluster_header")));
+            }
+            Some(ClusterSpecifier::ClusterSpecifierPlugin(_))
+            | Some(ClusterSpecifier::InlineClusterSpecifierPlugin(_)) => {
+                return Err(scope.unsupported(join(path, "cluster_specifier_plugin")));
+            }
+            None => return Err(scope.missing(join(path, "cluster_specifier"))),
+        };
     let timeout = match &a.timeout {
         None => Some(DEFAULT_ROUTE_TIMEOUT),
         Some(d) => {
@@ -654,7 +701,10 @@ fn compile_forward(scope: &Scope, path: &str, a: &rpb::RouteAction) -> Result<Fo
         Ok(Nf::NotFound) => StatusCode::NOT_FOUND,
         Ok(Nf::InternalServerError) => StatusCode::INTERNAL_SERVER_ERROR,
         Err(_) => {
-            return Err(scope.invalid(join(path, "cluster_not_found_response_code"), "unknown enum value"));
+            return Err(scope.invalid(
+                join(path, "cluster_not_found_response_code"),
+                "unknown enum value",
+            ));
         }
     };
     Ok(Forward {
@@ -699,10 +749,11 @@ fn compile_weighted(
             .checked_add(weight)
             .ok_or_else(|| scope.invalid(join(&cpath, "weight"), "sum of weights overflows"))?;
         let host_rewrite = match &c.host_rewrite_specifier {
-            Some(rpb::weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(h)) => Some(
-                HeaderValue::from_str(h)
-                    .map_err(|_| scope.invalid(join(&cpath, "host_rewrite_literal"), "invalid host"))?,
-            ),
+            Some(
+                rpb::weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(h),
+            ) => Some(HeaderValue::from_str(h).map_err(|_| {
+                scope.invalid(join(&cpath, "host_rewrite_literal"), "invalid host")
+            })?),
             None => None,
         };
         entries.push(WeightedEntry {
@@ -735,7 +786,10 @@ fn compile_weighted(
             format!("is {} but the weights sum to {cumulative}", total.value),
         ));
     }
-    Ok(WeightedClusters { entries, total: cumulative })
+    Ok(WeightedClusters {
+        entries,
+        total: cumulative,
+    })
 }
 
 fn compile_direct(
@@ -757,13 +811,18 @@ fn compile_direct(
         Some(ds) => {
             let bpath = join(path, "body");
             reject_unknown(scope, &bpath, ds, fields::DATA_SOURCE, |d| {
-                if matches!(d.specifier, Some(Specifier::InlineBytes(_)) | Some(Specifier::InlineString(_))) {
+                if matches!(
+                    d.specifier,
+                    Some(Specifier::InlineBytes(_)) | Some(Specifier::InlineString(_))
+                ) {
                     d.specifier = None;
                 }
             })?;
             match &ds.specifier {
                 Some(Specifier::InlineBytes(b)) => Some(bytes::Bytes::copy_from_slice(b)),
-                Some(Specifier::InlineString(s)) => Some(bytes::Bytes::copy_from_slice(s.as_bytes())),
+                Some(Specifier::InlineString(s)) => {
+                    Some(bytes::Bytes::copy_from_slice(s.as_bytes()))
+                }
                 _ => None,
             }
         }
@@ -771,7 +830,11 @@ fn compile_direct(
     Ok(DirectResponse { status, body })
 }
 
-fn compile_redirect(scope: &Scope, path: &str, r: &rpb::RedirectAction) -> Result<Redirect, ConfigError> {
+fn compile_redirect(
+    scope: &Scope,
+    path: &str,
+    r: &rpb::RedirectAction,
+) -> Result<Redirect, ConfigError> {
     reject_unknown(scope, path, r, fields::REDIRECT_ACTION, |r| {
         r.host_redirect.clear();
         r.port_redirect = 0;
@@ -780,7 +843,8 @@ fn compile_redirect(scope: &Scope, path: &str, r: &rpb::RedirectAction) -> Resul
         r.scheme_rewrite_specifier = None;
         if matches!(
             r.path_rewrite_specifier,
-            Some(PathRewriteSpecifier::PathRedirect(_)) | Some(PathRewriteSpecifier::PrefixRewrite(_))
+            Some(PathRewriteSpecifier::PathRedirect(_))
+                | Some(PathRewriteSpecifier::PrefixRewrite(_))
         ) {
             r.path_rewrite_specifier = None;
         }
@@ -801,7 +865,8 @@ fn compile_redirect(scope: &Scope, path: &str, r: &rpb::RedirectAction) -> Resul
     let port = match r.port_redirect {
         0 => None,
         p => Some(
-            u16::try_from(p).map_err(|_| scope.invalid(join(path, "port_redirect"), "out of range"))?,
+            u16::try_from(p)
+                .map_err(|_| scope.invalid(join(path, "port_redirect"), "out of range"))?,
         ),
     };
     let rpath = match &r.path_rewrite_specifier {
@@ -827,7 +892,9 @@ mod tests {
         VirtualHost as PbVirtualHost, header_matcher::HeaderMatchSpecifier,
         query_parameter_matcher::QueryParameterMatchSpecifier,
     };
-    use pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher::MatchPattern};
+    use pb::envoy::r#type::matcher::v3::{
+        RegexMatcher, StringMatcher, string_matcher::MatchPattern,
+    };
 
     fn vhost(name: &str, domains: &[&str], routes: Vec<rpb::Route>) -> PbVirtualHost {
         PbVirtualHost {
@@ -919,7 +986,13 @@ mod tests {
     }
 
     fn request<'a>(method: &'a Method, path: &'a str, headers: &'a HeaderMap) -> RequestView<'a> {
-        RequestView { method, scheme: "http", authority: "x", path, headers }
+        RequestView {
+            method,
+            scheme: "http",
+            authority: "x",
+            path,
+            headers,
+        }
     }
 
     #[test]
@@ -945,7 +1018,9 @@ mod tests {
         let query_route = RouteMatch {
             query_parameters: vec![QueryParameterMatcher {
                 name: "debug".into(),
-                query_parameter_match_specifier: Some(QueryParameterMatchSpecifier::PresentMatch(true)),
+                query_parameter_match_specifier: Some(QueryParameterMatchSpecifier::PresentMatch(
+                    true,
+                )),
             }],
             ..prefix("/")
         };
@@ -1055,6 +1130,30 @@ mod tests {
     }
 
     #[test]
+    fn weighted_selection_distribution() {
+        use rand::Rng;
+        let w = rpb::WeightedCluster {
+            clusters: [("v1", 20), ("v2", 80)]
+                .iter()
+                .map(|(n, w)| rpb::weighted_cluster::ClusterWeight {
+                    name: n.to_string(),
+                    weight: Some(pb::google::protobuf::UInt32Value { value: *w }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let wc = compile_weighted(&Scope::new("r", "r"), "w", &w).unwrap();
+        let mut rng = rand::rng();
+        let n = 20_000;
+        let v1 = (0..n)
+            .filter(|_| &*wc.pick(rng.random_range(0..wc.total)).cluster == "v1")
+            .count();
+        let share = v1 as f64 / n as f64;
+        assert!((0.18..0.22).contains(&share), "v1 share {share}");
+    }
+
+    #[test]
     fn defaults_and_refusals() {
         let route = |action: RouteAction| RouteConfiguration {
             name: "r".into(),
@@ -1070,16 +1169,27 @@ mod tests {
             ..Default::default()
         };
         let cluster = || Some(ClusterSpecifier::Cluster("c".into()));
-        let t = RouteTable::compile(&route(RouteAction { cluster_specifier: cluster(), ..Default::default() })).unwrap();
-        let Action::Forward(f) = &t.virtual_hosts[0].routes[0].action else { panic!() };
-        assert_eq!(f.timeout, Some(DEFAULT_ROUTE_TIMEOUT));
         let t = RouteTable::compile(&route(RouteAction {
             cluster_specifier: cluster(),
-            timeout: Some(pb::google::protobuf::Duration { seconds: 0, nanos: 0 }),
             ..Default::default()
         }))
         .unwrap();
-        let Action::Forward(f) = &t.virtual_hosts[0].routes[0].action else { panic!() };
+        let Action::Forward(f) = &t.virtual_hosts[0].routes[0].action else {
+            panic!()
+        };
+        assert_eq!(f.timeout, Some(DEFAULT_ROUTE_TIMEOUT));
+        let t = RouteTable::compile(&route(RouteAction {
+            cluster_specifier: cluster(),
+            timeout: Some(pb::google::protobuf::Duration {
+                seconds: 0,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }))
+        .unwrap();
+        let Action::Forward(f) = &t.virtual_hosts[0].routes[0].action else {
+            panic!()
+        };
         assert_eq!(f.timeout, None);
         let err = RouteTable::compile(&route(RouteAction {
             cluster_specifier: cluster(),
@@ -1103,7 +1213,10 @@ mod tests {
             path: None,
             strip_query: false,
         };
-        assert_eq!(r.location("http", "a.com:80", "/x?y=1", 0), "https://a.com/x?y=1");
+        assert_eq!(
+            r.location("http", "a.com:80", "/x?y=1", 0),
+            "https://a.com/x?y=1"
+        );
         let r = Redirect {
             status: StatusCode::FOUND,
             scheme: None,
@@ -1112,6 +1225,9 @@ mod tests {
             path: Some(RedirectPath::Prefix("/new".into())),
             strip_query: true,
         };
-        assert_eq!(r.location("http", "a.com", "/old/x?y=1", 4), "http://b.com:8080/new/x");
+        assert_eq!(
+            r.location("http", "a.com", "/old/x?y=1", 4),
+            "http://b.com:8080/new/x"
+        );
     }
 }

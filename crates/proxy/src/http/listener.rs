@@ -155,18 +155,31 @@ async fn accept_loop(listener: TcpListener, shared: Arc<ListenerShared>, done: m
     drop(listener);
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<ListenerShared>, _done: mpsc::Sender<()>) {
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<ListenerShared>,
+    _done: mpsc::Sender<()>,
+) {
     let local = stream.local_addr().unwrap_or(peer);
     let _ = stream.set_nodelay(true);
     let (listener_stats, http_stats, codec) = {
         let active = shared.active.load();
-        (active.listener_stats.clone(), active.http_stats.clone(), active.config.http.codec)
+        (
+            active.listener_stats.clone(),
+            active.http_stats.clone(),
+            active.config.http.codec,
+        )
     };
     listener_stats.downstream_cx_active.inc();
     http_stats.downstream_cx_active.inc();
     let mut stop = shared.stop.clone();
     let drain_timeout = shared.drain_timeout;
-    let ctx = Arc::new(ConnContext { listener: shared, peer, local });
+    let ctx = Arc::new(ConnContext {
+        listener: shared,
+        peer,
+        local,
+    });
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(router::handle(req, &ctx).await) }

@@ -13,7 +13,9 @@ use rand::Rng;
 use super::body::ProxyBody;
 use super::listener::{ActiveListener, ConnContext};
 use super::respond::{LocalReply, text};
-use crate::config::route::{Action, ClusterChoice, Forward, Route, RouteTable, VirtualHost, WeightedEntry, split_path};
+use crate::config::route::{
+    Action, ClusterChoice, Forward, Route, RouteTable, VirtualHost, WeightedEntry, split_path,
+};
 use crate::config::{RouteSource, UpstreamProtocol};
 use crate::record::{RequestRecord, ResponseFlags};
 use crate::state::Snapshot;
@@ -21,8 +23,10 @@ use crate::upstream::SendError;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
-static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
 static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -65,7 +69,9 @@ pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Respon
             req.method().clone(),
             req.version(),
             req.headers().get(header::USER_AGENT).cloned(),
-            req.uri().path_and_query().and_then(|p| HeaderValue::from_str(p.as_str()).ok()),
+            req.uri()
+                .path_and_query()
+                .and_then(|p| HeaderValue::from_str(p.as_str()).ok()),
         )
     });
     let mut out = Outcome::default();
@@ -76,7 +82,8 @@ pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Respon
     let status = resp.status();
     stats.downstream_rq_xx.record(status.as_u16());
     stats.downstream_rq_active.dec();
-    if let (Some(observer), Some((method, protocol, user_agent, path))) = (&data.observer, observed) {
+    if let (Some(observer), Some((method, protocol, user_agent, path))) = (&data.observer, observed)
+    {
         let duration = arrived.elapsed();
         observer.on_request(&RequestRecord {
             start: SystemTime::now() - duration,
@@ -122,7 +129,10 @@ async fn route(
         (_, None, None) => None,
     };
     *authority_out = authority_value.clone();
-    let authority = authority_value.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+    let authority = authority_value
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let pq = parts
         .uri
         .path_and_query()
@@ -163,7 +173,12 @@ async fn route(
         return out.local(LocalReply::NoRoute);
     };
     out.route_name = Some(route.name.clone());
-    let levels = Levels { table, vhost, route, entry: None };
+    let levels = Levels {
+        table,
+        vhost,
+        route,
+        entry: None,
+    };
     match &route.action {
         Action::Direct(d) => {
             active.http_stats.rq_direct_response.inc();
@@ -194,7 +209,18 @@ async fn route(
         }
         Action::Forward(f) => {
             let request = Request::from_parts(parts, body);
-            forward(request, f, levels, active, snapshot, out, authority_value, pq, downstream_h2).await
+            forward(
+                request,
+                f,
+                levels,
+                active,
+                snapshot,
+                out,
+                authority_value,
+                pq,
+                downstream_h2,
+            )
+            .await
         }
     }
 }
@@ -232,7 +258,11 @@ impl Levels<'_> {
 
 /// Envoy evaluates mutations from most to least specific, so the enclosing
 /// levels win on conflicts, unless `most_specific_header_mutations_wins`.
-fn apply_levels(ops: [Option<&crate::config::headers::HeaderOps>; 4], reverse: bool, h: &mut HeaderMap) {
+fn apply_levels(
+    ops: [Option<&crate::config::headers::HeaderOps>; 4],
+    reverse: bool,
+    h: &mut HeaderMap,
+) {
     let apply = |o: &Option<&crate::config::headers::HeaderOps>, h: &mut HeaderMap| {
         if let Some(o) = o
             && !o.is_empty()
@@ -303,7 +333,10 @@ async fn forward(
     }
     if !cfg.suppress_envoy_headers {
         if let Some(t) = f.timeout {
-            headers.insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), HeaderValue::from(t.as_millis() as u64));
+            headers.insert(
+                X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
+                HeaderValue::from(t.as_millis() as u64),
+            );
         }
         if levels.vhost.attempt_count_header {
             headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
@@ -441,7 +474,6 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,7 +490,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Custom"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Custom"),
+        );
         h.insert("x-custom", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));

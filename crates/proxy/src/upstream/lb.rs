@@ -127,7 +127,12 @@ mod tests {
 
     fn hosts(n: usize) -> Vec<Arc<Host>> {
         (0..n)
-            .map(|i| Arc::new(Host::new(format!("10.0.0.{i}:80").parse().unwrap(), Arc::new(ClusterStats::default()))))
+            .map(|i| {
+                Arc::new(Host::new(
+                    format!("10.0.0.{i}:80").parse().unwrap(),
+                    Arc::new(ClusterStats::default()),
+                ))
+            })
             .collect()
     }
 

@@ -88,7 +88,11 @@ pub struct ClusterEntry {
 }
 
 impl ClusterEntry {
-    pub fn new(config: Arc<ClusterConfig>, endpoints: &EndpointSet, upstream: Arc<Upstream>) -> ClusterEntry {
+    pub fn new(
+        config: Arc<ClusterConfig>,
+        endpoints: &EndpointSet,
+        upstream: Arc<Upstream>,
+    ) -> ClusterEntry {
         let hosts = upstream.hosts_for(endpoints);
         let weights: Vec<u32> = endpoints.endpoints.iter().map(|e| e.weight).collect();
         let stats = &upstream.stats;

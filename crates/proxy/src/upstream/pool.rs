@@ -43,7 +43,11 @@ pub enum SendError {
 impl Pools {
     async fn take_h1(&self) -> Option<http1::SendRequest<Incoming>> {
         loop {
-            let mut sender = self.h1_idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let mut sender = self
+                .h1_idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()?;
             if sender.is_closed() {
                 continue;
             }
@@ -189,7 +193,10 @@ impl Host {
         }
     }
 
-    async fn connect_h1(&self, timeout: Duration) -> Result<http1::SendRequest<Incoming>, SendError> {
+    async fn connect_h1(
+        &self,
+        timeout: Duration,
+    ) -> Result<http1::SendRequest<Incoming>, SendError> {
         let stream = self.connect(timeout).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
@@ -198,7 +205,10 @@ impl Host {
         Ok(sender)
     }
 
-    async fn connect_h2(&self, timeout: Duration) -> Result<http2::SendRequest<Incoming>, SendError> {
+    async fn connect_h2(
+        &self,
+        timeout: Duration,
+    ) -> Result<http2::SendRequest<Incoming>, SendError> {
         let stream = self.connect(timeout).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake(TokioIo::new(stream))
