@@ -145,6 +145,9 @@ fn invalid_documents_are_rejected_for_istios_reason() {
             match parse_documents(&file, &case.text) {
                 Ok(_) => failures.push(format!("{file} {}: accepted (Istio: {expected})", case.name)),
                 Err(errs) => {
+                    for e in &errs {
+                        println!("{} | Istio: {expected}\n    ours: {e}", case.name);
+                    }
                     let excepted = EXCEPTIONS
                         .iter()
                         .any(|(f, n, _)| *f == file && *n == case.name);

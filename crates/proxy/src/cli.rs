@@ -282,7 +282,9 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     });
     let _ = stop_control.send(());
     let _ = control_thread.join();
+    tracing::debug!("control runtime stopped");
     data.shutdown_timeout(Duration::from_secs(1));
+    tracing::debug!("data runtime stopped");
     result
 }
 

@@ -733,3 +733,91 @@ async fn shutdown_lets_in_flight_requests_finish() {
     assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "a"));
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+/// Serves fixed resources the way the pilot would.
+struct FixedGenerator {
+    upstream: SocketAddr,
+}
+
+impl mizzen_xds::server::Generator for FixedGenerator {
+    type Proxy = ();
+
+    fn identify(&self, _node: &core::Node) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn generate(
+        &self,
+        _proxy: &(),
+        type_url: &str,
+        names: &[String],
+    ) -> Vec<mizzen_xds::server::Resource> {
+        let res = |name: &str, body: Any| mizzen_xds::server::Resource {
+            name: name.into(),
+            body,
+        };
+        match type_url {
+            type_url::CLUSTER => vec![res("rr", pack(&eds_cluster("rr")))],
+            type_url::ENDPOINT => names
+                .iter()
+                .filter(|n| *n == "rr")
+                .map(|n| res(n, pack(&assignment(n, &[self.upstream]))))
+                .collect(),
+            type_url::LISTENER => vec![res(
+                "outbound_http",
+                pack(&listener(
+                    "outbound_http",
+                    "127.0.0.1:0".parse().unwrap(),
+                    "http",
+                )),
+            )],
+            type_url::ROUTE => names
+                .iter()
+                .filter(|n| *n == "http")
+                .map(|n| res(n, pack(&routes(n))))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn becomes_ready_over_ads() {
+    let a = upstream("a").await;
+    let (_generation, generation_rx) = tokio::sync::watch::channel(1u64);
+    let server = mizzen_xds::server::AdsServer::new(
+        Arc::new(FixedGenerator { upstream: a.addr }),
+        generation_rx,
+        mizzen_xds::server::SyncStatus::default(),
+    );
+    let xds = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let xds_addr = xds.local_addr().unwrap();
+    let server_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(server.into_service())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds)),
+    );
+    let node = mizzen_xds::client::Node {
+        id: "sidecar~127.0.0.1~ads.default~default.svc.cluster.local".into(),
+        ..Default::default()
+    };
+    let proxy = Proxy::start(ProxyOptions {
+        admin_address: "127.0.0.1:0".parse().unwrap(),
+        ..ProxyOptions::new(format!("http://{xds_addr}"), node)
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), proxy.ready())
+        .await
+        .expect("proxy did not become ready over ADS");
+    let (_, addr) = proxy.listener_addresses().into_iter().next().unwrap();
+    let r = h1(addr, "service-b", "/").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "a"));
+    let stats = admin_get(proxy.admin_address(), "/stats").await.body;
+    assert!(
+        stats.contains("cluster_manager.cds.update_success: 1"),
+        "{stats}"
+    );
+    proxy.shutdown().await;
+    server_task.abort();
+}

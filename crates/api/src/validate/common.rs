@@ -130,10 +130,6 @@ pub(crate) fn host_subset_of(a: &str, b: &str) -> bool {
     }
 }
 
-pub(crate) fn duration_value(s: &str) -> Option<Duration> {
-    parse_duration(s).ok()
-}
-
 impl Errors {
     /// A duration field carrying Istio's `duration(self) >= duration('1ms')`
     /// rule.

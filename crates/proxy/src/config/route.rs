@@ -91,6 +91,8 @@ pub struct Forward {
     pub clusters: ClusterChoice,
     /// `None` when disabled (`timeout: 0s`).
     pub timeout: Option<Duration>,
+    /// `x-envoy-expected-rq-timeout-ms` value, computed once.
+    pub timeout_header: Option<HeaderValue>,
     pub prefix_rewrite: Option<String>,
     pub host_rewrite: Option<HeaderValue>,
     pub cluster_not_found_status: StatusCode,
@@ -709,6 +711,7 @@ fn compile_forward(
     };
     Ok(Forward {
         clusters,
+        timeout_header: timeout.map(|t| HeaderValue::from(t.as_millis() as u64)),
         timeout,
         prefix_rewrite: (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone()),
         host_rewrite,

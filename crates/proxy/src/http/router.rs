@@ -57,7 +57,8 @@ pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Respon
     let snapshot = data.snapshot.load_full();
     let stats = &active.http_stats;
     stats.downstream_rq_total.inc();
-    stats.downstream_rq_active.inc();
+    // A guard, so that a request abandoned by its client is still uncounted.
+    let _active_rq = ActiveRequest::new(stats);
     if req.version() == Version::HTTP_2 {
         stats.downstream_rq_http2_total.inc();
     } else {
@@ -81,12 +82,13 @@ pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Respon
         .insert(header::SERVER, active.config.http.server_name.clone());
     let status = resp.status();
     stats.downstream_rq_xx.record(status.as_u16());
-    stats.downstream_rq_active.dec();
     if let (Some(observer), Some((method, protocol, user_agent, path))) = (&data.observer, observed)
     {
         let duration = arrived.elapsed();
         observer.on_request(&RequestRecord {
-            start: SystemTime::now() - duration,
+            start: SystemTime::now()
+                .checked_sub(duration)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
             duration,
             listener: active.config.name.clone(),
             downstream_remote: conn.peer,
@@ -106,6 +108,21 @@ pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Respon
         });
     }
     resp
+}
+
+struct ActiveRequest<'a>(&'a crate::stats::HttpStats);
+
+impl<'a> ActiveRequest<'a> {
+    fn new(stats: &'a crate::stats::HttpStats) -> Self {
+        stats.downstream_rq_active.inc();
+        ActiveRequest(stats)
+    }
+}
+
+impl Drop for ActiveRequest<'_> {
+    fn drop(&mut self) {
+        self.0.downstream_rq_active.dec();
+    }
 }
 
 async fn route(
@@ -332,11 +349,8 @@ async fn forward(
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
     if !cfg.suppress_envoy_headers {
-        if let Some(t) = f.timeout {
-            headers.insert(
-                X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
-                HeaderValue::from(t.as_millis() as u64),
-            );
+        if let Some(v) = &f.timeout_header {
+            headers.insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), v.clone());
         }
         if levels.vhost.attempt_count_header {
             headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
