@@ -114,6 +114,19 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// None: the service selects no workloads (endpoints come from elsewhere).
     pub selector: Option<BTreeMap<String, String>>,
+    /// The virtual IP clients connect to (Kubernetes' ClusterIP): the one
+    /// the Service sets, else one allocated from [`SERVICE_CIDR`].
+    pub address: Option<IpAddr>,
+}
+
+/// Where services without a `clusterIP` get their virtual IP.
+pub const SERVICE_CIDR: (std::net::Ipv4Addr, u8) = (std::net::Ipv4Addr::new(10, 96, 0, 0), 16);
+
+/// A stable hash of a hostname, so a service keeps its virtual IP across
+/// restarts and unrelated config changes (FNV-1a).
+fn stable_hash(text: &str) -> u32 {
+    text.bytes()
+        .fold(0x811c_9dc5u32, |hash, byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193))
 }
 
 impl Service {
@@ -164,6 +177,7 @@ pub struct Model {
     pub virtual_services: Vec<Config<mizzen_api::networking::VirtualService>>,
     pub destination_rules: Vec<Config<mizzen_api::networking::DestinationRule>>,
     pub gateways: Vec<Config<mizzen_api::networking::Gateway>>,
+    pub sidecars: Vec<Config<mizzen_api::networking::Sidecar>>,
     /// Config that is valid but that the model could not use, for humans.
     pub warnings: Vec<String>,
 }
@@ -198,13 +212,40 @@ impl Model {
                     namespace,
                     spec: gw.spec.clone(),
                 }),
+                Resource::Sidecar(sidecar) => model.sidecars.push(Config {
+                    name,
+                    namespace,
+                    spec: sidecar.spec.clone(),
+                }),
                 _ => {}
             }
         }
         model
             .workloads
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        model.allocate_addresses();
         model
+    }
+
+    /// Gives every service without a virtual IP one from [`SERVICE_CIDR`],
+    /// derived from its hostname; collisions move to the next free address.
+    fn allocate_addresses(&mut self) {
+        let mut taken: std::collections::BTreeSet<IpAddr> =
+            self.services.values().filter_map(|s| s.address).collect();
+        let size = 1u32 << (32 - SERVICE_CIDR.1);
+        let base = u32::from(SERVICE_CIDR.0);
+        for service in self.services.values_mut().filter(|s| s.address.is_none()) {
+            // Skip the network and broadcast addresses.
+            let mut offset = stable_hash(&service.hostname) % (size - 2) + 1;
+            loop {
+                let candidate = IpAddr::V4(std::net::Ipv4Addr::from(base + offset));
+                if taken.insert(candidate) {
+                    service.address = Some(candidate);
+                    break;
+                }
+                offset = offset % (size - 2) + 1;
+            }
+        }
     }
 
     fn add_workload(&mut self, instance: WorkloadInstance) {
@@ -253,6 +294,17 @@ impl Model {
             });
         }
         let selector = spec.selector.map(|s| s.into_iter().collect());
+        let address = match spec.cluster_ip.as_deref() {
+            None | Some("") | Some("None") => None,
+            Some(ip) => match ip.parse() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    self.warnings
+                        .push(format!("Service {namespace}/{name}: clusterIP {ip:?} is not an IP address"));
+                    None
+                }
+            },
+        };
         self.services.insert(
             hostname.clone(),
             Service {
@@ -261,6 +313,7 @@ impl Model {
                 namespace,
                 ports,
                 selector,
+                address,
             },
         );
     }
@@ -434,3 +487,55 @@ impl Model {
             })
     }
 }
+
+/// What a sidecar does with traffic to destinations the mesh does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundPolicy {
+    AllowAny,
+    RegistryOnly,
+}
+
+impl Model {
+    /// The Sidecar resource that applies to a workload, as Istio picks it: one
+    /// in its namespace whose selector matches, else one in its namespace
+    /// without selector, else one without selector in the root namespace.
+    pub fn sidecar_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<&Config<mizzen_api::networking::Sidecar>> {
+        let in_namespace = |ns: &str| self.sidecars.iter().filter(|s| s.namespace == ns).collect::<Vec<_>>();
+        let local = in_namespace(namespace);
+        local
+            .iter()
+            .find(|s| {
+                s.spec
+                    .workload_selector
+                    .as_ref()
+                    .is_some_and(|sel| !sel.labels.is_empty() && labels_match(&sel.labels, labels))
+            })
+            .or_else(|| local.iter().find(|s| s.spec.workload_selector.is_none()))
+            .copied()
+            .or_else(|| {
+                in_namespace(ROOT_NAMESPACE)
+                    .into_iter()
+                    .find(|s| s.spec.workload_selector.is_none())
+            })
+    }
+
+    /// The outbound traffic policy of a workload (mesh default: ALLOW_ANY).
+    pub fn outbound_policy(&self, namespace: &str, labels: &BTreeMap<String, String>) -> OutboundPolicy {
+        use mizzen_api::networking::OutboundTrafficPolicyMode;
+        match self
+            .sidecar_for(namespace, labels)
+            .and_then(|s| s.spec.outbound_traffic_policy.as_ref())
+            .and_then(|p| p.mode)
+        {
+            Some(OutboundTrafficPolicyMode::RegistryOnly) => OutboundPolicy::RegistryOnly,
+            _ => OutboundPolicy::AllowAny,
+        }
+    }
+}
+
+/// Istio's root namespace: mesh-wide config lives there.
+pub const ROOT_NAMESPACE: &str = "istio-system";

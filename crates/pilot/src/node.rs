@@ -110,6 +110,9 @@ impl ProxyNode {
             Some(host) => host.parse().map_err(|_| {
                 format!("node metadata {APP_HOST_METADATA}: {host:?} is not an IP address")
             })?,
+            // Captured pods: the app listens on the pod's address, as Istio
+            // forwards inbound traffic to the pod IP.
+            None if interception == InterceptionMode::Redirect => ip,
             None => IpAddr::from([127, 0, 0, 1]),
         };
         Ok(Self {

@@ -49,6 +49,14 @@ fn proxy(
     }
 }
 
+fn captured(proxy: ProxyNode) -> ProxyNode {
+    ProxyNode {
+        interception: InterceptionMode::Redirect,
+        app_host: proxy.ip,
+        ..proxy
+    }
+}
+
 fn check(case: &str, file: &str, proxy: &ProxyNode) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
@@ -108,5 +116,14 @@ fn demo_gateway_and_sidecar() {
             "istioinaction",
             &[("app", "service-a"), ("version", "v1")],
         ),
+    );
+}
+
+#[test]
+fn captured_sidecar_with_http_tcp_and_sniffed_ports() {
+    check(
+        "captured",
+        "web-sidecar.json",
+        &captured(proxy(ProxyKind::Sidecar, "10.213.0.5", "web-1", "shop", &[("app", "web")])),
     );
 }

@@ -9,7 +9,7 @@ use mizzen_xds::pb::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
 };
 use mizzen_xds::pb::envoy::config::core::v3::{
-    Address, Http2ProtocolOptions, SocketAddress, address, socket_address,
+    Address, BindConfig, Http2ProtocolOptions, SocketAddress, address, socket_address,
 };
 use mizzen_xds::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EndpointProto, LbEndpoint, LocalityLbEndpoints,
@@ -21,8 +21,8 @@ use mizzen_xds::pb::envoy::extensions::upstreams::http::v3::{
 use mizzen_xds::server::Resource;
 
 use super::{ads_config_source, duration, resource};
-use crate::model::{Model, Service, ServicePort};
-use crate::node::{ProxyKind, ProxyNode};
+use crate::model::{Model, Protocol, Service, ServicePort};
+use crate::node::{InterceptionMode, ProxyKind, ProxyNode};
 
 /// Istio's default connect timeout for outbound clusters.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,26 +72,77 @@ pub fn clusters(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
         }
     }
     if proxy.kind == ProxyKind::Sidecar {
-        for (target_port, http2) in inbound_ports(model, proxy) {
-            out.push(static_cluster(
+        // With capture, the proxy reaches the app from 127.0.0.6: the capture
+        // rules let that source through instead of redirecting it again.
+        let bind = (proxy.interception == InterceptionMode::Redirect).then_some(INBOUND_SOURCE);
+        for (target_port, protocol) in inbound_ports(model, proxy) {
+            let mut cluster = static_cluster(
                 inbound_cluster_name(target_port),
                 proxy.app_host,
                 target_port,
-                http2,
-            ));
+                protocol.is_http2(),
+            );
+            cluster.upstream_bind_config = bind.map(bind_config);
+            out.push(resource(cluster.name.clone(), &cluster));
+        }
+        if proxy.interception == InterceptionMode::Redirect {
+            out.push(original_dst_cluster(PASSTHROUGH_CLUSTER, None));
+            out.push(original_dst_cluster(INBOUND_PASSTHROUGH_CLUSTER, Some(INBOUND_SOURCE)));
+            let black_hole = Cluster {
+                name: BLACK_HOLE_CLUSTER.to_string(),
+                cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+                connect_timeout: Some(duration(CONNECT_TIMEOUT)),
+                ..Default::default()
+            };
+            out.push(resource(BLACK_HOLE_CLUSTER, &black_hole));
         }
     }
     out
 }
 
+/// Istio's names for the clusters of traffic outside the registry.
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughCluster";
+pub const BLACK_HOLE_CLUSTER: &str = "BlackHoleCluster";
+/// The source address of the proxy's connections to its own app.
+const INBOUND_SOURCE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 6));
+
+fn bind_config(source: IpAddr) -> BindConfig {
+    BindConfig {
+        source_address: Some(SocketAddress {
+            address: source.to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(0)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A cluster that connects to where the downstream connection was going.
+fn original_dst_cluster(name: &str, source: Option<IpAddr>) -> Resource {
+    let cluster = Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32)),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(duration(CONNECT_TIMEOUT)),
+        upstream_bind_config: source.map(bind_config),
+        ..Default::default()
+    };
+    resource(name, &cluster)
+}
+
 /// The workload ports a sidecar receives traffic on, from the services that
-/// select its workload, with whether the app speaks HTTP/2 there. Only HTTP
-/// ports for now: TCP proxying arrives with transparent capture.
-pub fn inbound_ports(model: &Model, proxy: &ProxyNode) -> BTreeMap<u16, bool> {
+/// select its workload, with the protocol declared for each (HTTP/2 wins
+/// over HTTP, a declared protocol over an unspecified one). In the loopback
+/// runtime only HTTP ports are served: there is no capture to carry TCP.
+pub fn inbound_ports(model: &Model, proxy: &ProxyNode) -> BTreeMap<u16, Protocol> {
     let workload = model.workload_of(proxy);
-    let mut ports = BTreeMap::new();
+    let mut ports: BTreeMap<u16, Protocol> = BTreeMap::new();
     for service in model.services_of(&proxy.namespace, &proxy.labels) {
-        for port in service.ports.iter().filter(|p| p.protocol.is_http()) {
+        for port in &service.ports {
+            if proxy.interception == InterceptionMode::None && !port.protocol.is_http() {
+                continue;
+            }
             let target = match &workload {
                 Some(w) => Model::target_port(port, w),
                 None => match &port.target_port {
@@ -100,7 +151,10 @@ pub fn inbound_ports(model: &Model, proxy: &ProxyNode) -> BTreeMap<u16, bool> {
                 },
             };
             if let Some(target) = target {
-                *ports.entry(target).or_insert(false) |= port.protocol.is_http2();
+                let entry = ports.entry(target).or_insert(port.protocol);
+                if port.protocol.is_http2() || *entry == Protocol::Unspecified {
+                    *entry = port.protocol;
+                }
             }
         }
     }
@@ -159,16 +213,15 @@ fn eds_cluster(name: String, port: &ServicePort, lb: Option<LbPolicy>) -> Resour
     resource(name, &cluster)
 }
 
-fn static_cluster(name: String, host: IpAddr, port: u16, http2: bool) -> Resource {
-    let cluster = Cluster {
+fn static_cluster(name: String, host: IpAddr, port: u16, http2: bool) -> Cluster {
+    Cluster {
         name: name.clone(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
         connect_timeout: Some(duration(CONNECT_TIMEOUT)),
         load_assignment: Some(load_assignment(&name, [(host, port)])),
         typed_extension_protocol_options: http_options(http2).into_iter().collect(),
         ..Default::default()
-    };
-    resource(name, &cluster)
+    }
 }
 
 pub fn socket_address(ip: IpAddr, port: u16) -> Address {

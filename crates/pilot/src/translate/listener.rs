@@ -1,7 +1,15 @@
 //! Listeners (LDS) of sidecars.
 
 use mizzen_xds::pb::envoy::config::core::v3::{Http1ProtocolOptions, TrafficDirection};
-use mizzen_xds::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use std::net::IpAddr;
+
+use mizzen_xds::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
+};
+use mizzen_xds::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
+use mizzen_xds::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use mizzen_xds::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use mizzen_xds::pb::google::protobuf::{BoolValue, UInt32Value};
 use mizzen_xds::pb::envoy::config::route::v3::RouteConfiguration;
 use mizzen_xds::pb::envoy::extensions::filters::http::router::v3::Router;
 use mizzen_xds::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -10,10 +18,13 @@ use mizzen_xds::pb::envoy::extensions::filters::network::http_connection_manager
 };
 use mizzen_xds::server::Resource;
 
-use super::cluster::{inbound_ports, socket_address};
+use super::cluster::{
+    BLACK_HOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, inbound_ports, socket_address,
+};
+use super::{inbound_cluster_name, outbound_cluster_name};
 use super::{HTTP_PROXY_ROUTE, OUTBOUND_PORT, ads_config_source, resource, route};
-use crate::model::Model;
-use crate::node::ProxyNode;
+use crate::model::{Model, OutboundPolicy, Protocol};
+use crate::node::{InterceptionMode, ProxyNode};
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const ROUTER: &str = "envoy.filters.http.router";
@@ -79,9 +90,18 @@ pub fn listener(
     resource(name, &listener)
 }
 
-/// A sidecar's listeners: one inbound listener per workload port that
-/// services send to, and the outbound listener its app sends through.
+/// A sidecar's listeners, by how traffic reaches it.
 pub fn sidecar_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
+    match proxy.interception {
+        InterceptionMode::None => explicit_listeners(model, proxy),
+        InterceptionMode::Redirect => captured_listeners(model, proxy),
+    }
+}
+
+/// Without capture: one inbound listener per workload port that services
+/// send to, bound on the workload's address, and the outbound listener its
+/// app uses as an explicit HTTP proxy.
+fn explicit_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
     let mut out = Vec::new();
     for port in inbound_ports(model, proxy).into_keys() {
         let routes = Routes::Inline(route::inbound_route_config(port));
@@ -104,5 +124,188 @@ pub fn sidecar_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
             true,
         ),
     ));
+    out
+}
+
+/// Istio's inbound capture port.
+pub const INBOUND_PORT: u16 = 15006;
+const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
+const ORIGINAL_DST: &str = "envoy.filters.listener.original_dst";
+const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+/// How long protocol sniffing waits for the client to speak before treating
+/// the connection as TCP (server-first protocols such as MySQL).
+const SNIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+/// ALPN-like names the HTTP inspector reports.
+const HTTP_PROTOCOLS: [&str; 2] = ["http/1.1", "h2c"];
+
+fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
+    let proxy = TcpProxy {
+        stat_prefix: stat_prefix.to_string(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_string())),
+        ..Default::default()
+    };
+    Filter {
+        name: TCP_PROXY.to_string(),
+        config_type: Some(filter::ConfigType::TypedConfig(mizzen_xds::pack(&proxy))),
+    }
+}
+
+fn listener_filter(name: &str, config: mizzen_xds::pb::google::protobuf::Any) -> ListenerFilter {
+    ListenerFilter {
+        name: name.to_string(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(config)),
+        ..Default::default()
+    }
+}
+
+fn chain(name: String, matcher: Option<FilterChainMatch>, filter: Filter) -> FilterChain {
+    FilterChain {
+        name,
+        filter_chain_match: matcher,
+        filters: vec![filter],
+        ..Default::default()
+    }
+}
+
+fn http_protocols() -> FilterChainMatch {
+    FilterChainMatch {
+        application_protocols: HTTP_PROTOCOLS.iter().map(|p| p.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// A listener that only receives connections handed over by the 15001 or
+/// 15006 listener (Envoy's `bind_to_port: false`).
+fn virtual_listener(name: String, address: IpAddr, port: u16, chains: Vec<FilterChain>, sniff: bool) -> Resource {
+    let listener = Listener {
+        name: name.clone(),
+        address: Some(socket_address(address, port)),
+        filter_chains: chains,
+        bind_to_port: Some(BoolValue { value: false }),
+        traffic_direction: TrafficDirection::Outbound as i32,
+        listener_filters: if sniff {
+            vec![listener_filter(HTTP_INSPECTOR, mizzen_xds::pack(&HttpInspector::default()))]
+        } else {
+            Vec::new()
+        },
+        listener_filters_timeout: sniff.then(|| super::duration(SNIFF_TIMEOUT)),
+        continue_on_listener_filters_timeout: sniff,
+        ..Default::default()
+    };
+    resource(name, &listener)
+}
+
+/// With iptables capture, as Istio builds them: `virtualOutbound` on 15001
+/// hands each connection to the listener of its original destination
+/// (`0.0.0.0_PORT` for HTTP ports, `VIP_PORT` for TCP and sniffed ports) or
+/// passes it through; `virtualInbound` on 15006 picks a filter chain by the
+/// original destination port.
+fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
+    let any = IpAddr::from([0, 0, 0, 0]);
+    let policy = model.outbound_policy(&proxy.namespace, &proxy.labels);
+    let fallback = match policy {
+        OutboundPolicy::AllowAny => PASSTHROUGH_CLUSTER,
+        OutboundPolicy::RegistryOnly => BLACK_HOLE_CLUSTER,
+    };
+    let mut out = Vec::new();
+    let outbound = Listener {
+        name: "virtualOutbound".to_string(),
+        address: Some(socket_address(any, OUTBOUND_PORT)),
+        use_original_dst: Some(BoolValue { value: true }),
+        filter_chains: vec![chain(
+            "virtualOutbound-catchall-tcp".to_string(),
+            None,
+            tcp_proxy(fallback, fallback),
+        )],
+        traffic_direction: TrafficDirection::Outbound as i32,
+        ..Default::default()
+    };
+    out.push(resource("virtualOutbound", &outbound));
+
+    let mut http_ports = std::collections::BTreeSet::new();
+    for service in model.services.values() {
+        let Some(vip) = service.address else { continue };
+        for port in &service.ports {
+            let cluster = outbound_cluster_name(port.port, "", &service.hostname);
+            let stat_prefix = cluster.clone();
+            let name = format!("{vip}_{}", port.port);
+            match port.protocol {
+                p if p.is_http() => {
+                    http_ports.insert(port.port);
+                }
+                Protocol::Unspecified => {
+                    let chains = vec![
+                        chain(
+                            format!("{name}-http"),
+                            Some(http_protocols()),
+                            http_connection_manager(
+                                format!("outbound_{vip}_{}", port.port),
+                                Routes::Rds(port.port.to_string()),
+                                false,
+                            ),
+                        ),
+                        chain(format!("{name}-tcp"), None, tcp_proxy(&stat_prefix, &cluster)),
+                    ];
+                    out.push(virtual_listener(name, vip, port.port, chains, true));
+                }
+                _ => {
+                    let chains = vec![chain(name.clone(), None, tcp_proxy(&stat_prefix, &cluster))];
+                    out.push(virtual_listener(name, vip, port.port, chains, false));
+                }
+            }
+        }
+    }
+    for port in http_ports {
+        let name = format!("0.0.0.0_{port}");
+        let chains = vec![chain(
+            name.clone(),
+            None,
+            http_connection_manager(format!("outbound_0.0.0.0_{port}"), Routes::Rds(port.to_string()), false),
+        )];
+        out.push(virtual_listener(name, any, port, chains, false));
+    }
+
+    let mut chains = Vec::new();
+    for (port, protocol) in inbound_ports(model, proxy) {
+        let cluster = inbound_cluster_name(port);
+        let on_port = |extra: Option<FilterChainMatch>| FilterChainMatch {
+            destination_port: Some(UInt32Value { value: u32::from(port) }),
+            ..extra.unwrap_or_default()
+        };
+        let hcm = || {
+            http_connection_manager(
+                format!("inbound_0.0.0.0_{port}"),
+                Routes::Inline(route::inbound_route_config(port)),
+                false,
+            )
+        };
+        match protocol {
+            p if p.is_http() => chains.push(chain(format!("0.0.0.0_{port}"), Some(on_port(None)), hcm())),
+            Protocol::Unspecified => {
+                chains.push(chain(format!("0.0.0.0_{port}-http"), Some(on_port(Some(http_protocols()))), hcm()));
+                chains.push(chain(format!("0.0.0.0_{port}-tcp"), Some(on_port(None)), tcp_proxy(&cluster, &cluster)));
+            }
+            _ => chains.push(chain(format!("0.0.0.0_{port}"), Some(on_port(None)), tcp_proxy(&cluster, &cluster))),
+        }
+    }
+    chains.push(chain(
+        "InboundPassthroughFilterChain".to_string(),
+        None,
+        tcp_proxy(INBOUND_PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER),
+    ));
+    let inbound = Listener {
+        name: "virtualInbound".to_string(),
+        address: Some(socket_address(any, INBOUND_PORT)),
+        listener_filters: vec![
+            listener_filter(ORIGINAL_DST, mizzen_xds::pack(&OriginalDst::default())),
+            listener_filter(HTTP_INSPECTOR, mizzen_xds::pack(&HttpInspector::default())),
+        ],
+        listener_filters_timeout: Some(super::duration(SNIFF_TIMEOUT)),
+        continue_on_listener_filters_timeout: true,
+        filter_chains: chains,
+        traffic_direction: TrafficDirection::Inbound as i32,
+        ..Default::default()
+    };
+    out.push(resource("virtualInbound", &inbound));
     out
 }

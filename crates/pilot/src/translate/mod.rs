@@ -61,7 +61,12 @@ pub fn dump(model: &Model, proxy: &ProxyNode) -> serde_json::Value {
     use mizzen_xds::pb::envoy::config;
     let decode = |type_url: &str, names: &[String]| generate(model, proxy, type_url, names);
     let clusters = decode(type_url::CLUSTER, &[]);
-    let cluster_names: Vec<String> = clusters.iter().map(|c| c.name.clone()).collect();
+    // Only EDS clusters have endpoints to ask for.
+    let cluster_names: Vec<String> = clusters
+        .iter()
+        .filter(|c| c.name.starts_with("outbound|"))
+        .map(|c| c.name.clone())
+        .collect();
     let listeners = decode(type_url::LISTENER, &[]);
     let routes = decode(type_url::ROUTE, &route_names(&listeners));
     let endpoints = decode(type_url::ENDPOINT, &cluster_names);

@@ -8,7 +8,7 @@ use mizzen_xds::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
 use mizzen_xds::pb::envoy::config::route::v3::{
-    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    DirectResponseAction, HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
     WeightedCluster, header_matcher::HeaderMatchSpecifier, route::Action,
     route_action::ClusterSpecifier, route_match::PathSpecifier, weighted_cluster::ClusterWeight,
 };
@@ -18,7 +18,8 @@ use mizzen_xds::pb::envoy::r#type::matcher::v3::{
 use mizzen_xds::server::Resource;
 
 use super::{HTTP_PROXY_ROUTE, duration, inbound_cluster_name, outbound_cluster_name, resource};
-use crate::model::{Config, Model, Service};
+use super::cluster::PASSTHROUGH_CLUSTER;
+use crate::model::{Config, Model, OutboundPolicy, Service};
 use crate::node::ProxyNode;
 
 /// The inline route of an inbound listener: everything to the local app.
@@ -76,13 +77,22 @@ pub fn sidecar_routes(model: &Model, proxy: &ProxyNode, names: &[String]) -> Vec
                 // An explicit proxy sees `host:port` authorities, and the
                 // bare host only for the default HTTP port.
                 let portless = !explicit || port.port == 80;
+                let mut domains = service_domains(service, port.port, &proxy.namespace, portless);
+                // Captured connections may name the service by its virtual IP.
+                if let (false, Some(vip)) = (explicit, service.address) {
+                    domains.push(vip.to_string());
+                    domains.push(format!("{vip}:{}", port.port));
+                }
                 virtual_hosts.push(VirtualHost {
                     name: format!("{}:{}", service.hostname, port.port),
-                    domains: service_domains(model, service, port.port, &proxy.namespace, portless),
+                    domains,
                     routes: service_routes(model, service, port.port, &proxy.namespace),
                     ..Default::default()
                 });
             }
+        }
+        if !explicit {
+            virtual_hosts.push(catch_all(model.outbound_policy(&proxy.namespace, &proxy.labels)));
         }
         let config = RouteConfiguration {
             name: name.clone(),
@@ -98,7 +108,6 @@ pub fn sidecar_routes(model: &Model, proxy: &ProxyNode, names: &[String]) -> Vec
 /// The names a client in `namespace` may use for a service: the short name
 /// only from its own namespace, as Kubernetes DNS search paths allow.
 fn service_domains(
-    model: &Model,
     service: &Service,
     port: u16,
     namespace: &str,
@@ -111,7 +120,6 @@ fn service_domains(
     hosts.push(format!("{}.{}", service.name, service.namespace));
     hosts.push(format!("{}.{}.svc", service.name, service.namespace));
     hosts.push(service.hostname.clone());
-    let _ = model;
     let mut domains = Vec::new();
     for host in hosts {
         if portless {
@@ -120,6 +128,43 @@ fn service_domains(
         domains.push(format!("{host}:{port}"));
     }
     domains
+}
+
+/// Istio's last virtual host of an outbound route: hosts the mesh does not
+/// know go to their original destination (`allow_any`), or get a 502
+/// (`block_all`) under REGISTRY_ONLY.
+fn catch_all(policy: OutboundPolicy) -> VirtualHost {
+    let (name, action) = match policy {
+        OutboundPolicy::AllowAny => (
+            "allow_any",
+            Action::Route(RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(PASSTHROUGH_CLUSTER.to_string())),
+                timeout: Some(duration(Duration::ZERO)),
+                ..Default::default()
+            }),
+        ),
+        OutboundPolicy::RegistryOnly => (
+            "block_all",
+            Action::DirectResponse(DirectResponseAction {
+                status: 502,
+                ..Default::default()
+            }),
+        ),
+    };
+    VirtualHost {
+        name: name.to_string(),
+        domains: vec!["*".to_string()],
+        routes: vec![Route {
+            name: name.to_string(),
+            r#match: Some(RouteMatch {
+                path_specifier: Some(PathSpecifier::Prefix("/".to_string())),
+                ..Default::default()
+            }),
+            action: Some(action),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
 }
 
 /// Routes of one service port for sidecars: those of the VirtualService that
