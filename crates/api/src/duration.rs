@@ -87,13 +87,16 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
             if scale == 0 {
                 break;
             }
-            value += u128::from(d - b'0') * scale;
+            value = value
+                .checked_add(u128::from(d - b'0') * scale)
+                .ok_or_else(|| err("duration out of range"))?;
         }
         total_nanos = total_nanos
             .checked_add(value)
             .ok_or_else(|| err("duration out of range"))?;
     }
-    let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| err("duration out of range"))?;
+    let secs =
+        u64::try_from(total_nanos / 1_000_000_000).map_err(|_| err("duration out of range"))?;
     let nanos = (total_nanos % 1_000_000_000) as u32;
     Ok(Duration::new(secs, nanos))
 }
@@ -119,7 +122,18 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "apple", "10", "1x", "-1s", "s", "1.5", ".s", "1s2"] {
+        for bad in [
+            "",
+            "apple",
+            "10",
+            "1x",
+            "-1s",
+            "s",
+            "1.5",
+            ".s",
+            "1s2",
+            "99999999999999999999999999999999999999999h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
         }
     }

@@ -66,7 +66,10 @@ impl fmt::Display for ConfigError {
         write!(f, ": document {}", self.document)?;
         match (&self.kind, &self.name) {
             (Some(kind), Some(name)) => {
-                let ns = self.namespace.as_deref().unwrap_or(crate::DEFAULT_NAMESPACE);
+                let ns = self
+                    .namespace
+                    .as_deref()
+                    .unwrap_or(crate::DEFAULT_NAMESPACE);
                 write!(f, " ({kind} {ns}/{name})")?;
             }
             (Some(kind), None) => write!(f, " ({kind})")?,

@@ -31,7 +31,11 @@ pub struct WasmPlugin {
     pub plugin_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<PluginPhase>,
-    #[serde(default, deserialize_with = "opt_int", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "opt_int",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub priority: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail_strategy: Option<FailStrategy>,

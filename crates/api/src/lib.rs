@@ -31,8 +31,8 @@ pub use duration::{DurationError, parse_duration};
 pub use error::{ConfigError, FieldPath, PathSegment};
 pub use object::{DEFAULT_NAMESPACE, Object, ObjectMeta};
 pub use parse::{
-    Parsed, SkippedDocument, parse_documents, parse_documents_lenient, parse_file,
-    parse_file_lenient,
+    ParseOptions, Parsed, SkippedDocument, parse_documents, parse_documents_lenient,
+    parse_documents_with, parse_file, parse_file_lenient,
 };
 pub use resource::{Kind, Resource, ResourceKey};
 pub use validate::validate;

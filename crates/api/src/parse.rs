@@ -29,6 +29,26 @@ pub struct SkippedDocument {
     pub line: usize,
 }
 
+/// How [`parse_documents_with`] reads a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// Skip (and list) documents of kinds Mizzen does not use instead of
+    /// reporting them; see [`parse_documents_lenient`].
+    pub lenient: bool,
+    /// Run [`crate::validate`] on each resource. Without it only the
+    /// structure is checked (known kinds and fields, value types).
+    pub validate: bool,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        ParseOptions {
+            lenient: false,
+            validate: true,
+        }
+    }
+}
+
 /// API groups whose kinds Mizzen reads; an unknown kind in one of them is a
 /// mistake rather than something to pass over.
 const OWN_GROUPS: &[&str] = &[
@@ -43,11 +63,11 @@ const OWN_GROUPS: &[&str] = &[
 ///
 /// Empty documents are skipped. `apiVersion` and `kind` select the type; an
 /// unknown kind or version, an unknown field, a value of the wrong type and
-/// any violation found by [`validate`] are errors. All errors of all
+/// any violation found by [`crate::validate`] are errors. All errors of all
 /// documents are returned together. A Kubernetes `List` (`apiVersion: v1`,
 /// `kind: List`) contributes its items.
 pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Resource>, Vec<ConfigError>> {
-    parse_text(file, text, false).map(|p| p.resources)
+    parse_documents_with(file, text, &ParseOptions::default()).map(|p| p.resources)
 }
 
 /// Like [`parse_documents`], but documents of kinds Mizzen does not use
@@ -56,7 +76,11 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Resource>, Vec<Conf
 /// `mizzen.io` are still checked, so a misspelt `kind: VirtualServce` is
 /// reported.
 pub fn parse_documents_lenient(file: &str, text: &str) -> Result<Parsed, Vec<ConfigError>> {
-    parse_text(file, text, true)
+    let options = ParseOptions {
+        lenient: true,
+        ..ParseOptions::default()
+    };
+    parse_documents_with(file, text, &options)
 }
 
 /// [`parse_documents`] on the contents of a file.
@@ -88,7 +112,12 @@ fn read(path: &Path) -> Result<(String, String), Vec<ConfigError>> {
     }
 }
 
-fn parse_text(file: &str, text: &str, lenient: bool) -> Result<Parsed, Vec<ConfigError>> {
+/// Parses with explicit [`ParseOptions`].
+pub fn parse_documents_with(
+    file: &str,
+    text: &str,
+    options: &ParseOptions,
+) -> Result<Parsed, Vec<ConfigError>> {
     let mut out = Parsed::default();
     let mut errors = Vec::new();
     let mut index = 0usize;
@@ -116,8 +145,9 @@ fn parse_text(file: &str, text: &str, lenient: bool) -> Result<Parsed, Vec<Confi
             index,
             line_offset: raw.line_offset,
             root: &node,
+            options,
         };
-        doc.parse_object(&node, &FieldPath::root(), lenient, &mut out, &mut errors);
+        doc.parse_object(&node, &FieldPath::root(), &mut out, &mut errors);
         index += 1;
     }
     if errors.is_empty() {
@@ -133,6 +163,7 @@ struct Doc<'a> {
     index: usize,
     line_offset: usize,
     root: &'a Node,
+    options: &'a ParseOptions,
 }
 
 /// What errors about one object are attributed to.
@@ -160,7 +191,12 @@ fn join(prefix: &FieldPath, path: &FieldPath) -> FieldPath {
 }
 
 impl Doc<'_> {
-    fn error(&self, subject: &Subject, path: &FieldPath, message: impl Into<String>) -> ConfigError {
+    fn error(
+        &self,
+        subject: &Subject,
+        path: &FieldPath,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let line = self.root.line_of(path) + self.line_offset;
         self.error_at_line(subject, path, message, Some(line))
     }
@@ -192,7 +228,6 @@ impl Doc<'_> {
         &self,
         node: &Node,
         prefix: &FieldPath,
-        lenient: bool,
         out: &mut Parsed,
         errors: &mut Vec<ConfigError>,
     ) {
@@ -206,7 +241,10 @@ impl Doc<'_> {
             return;
         }
         let meta = node.get("metadata");
-        subject.name = meta.and_then(|m| m.get("name")).and_then(Node::as_str).map(str::to_string);
+        subject.name = meta
+            .and_then(|m| m.get("name"))
+            .and_then(Node::as_str)
+            .map(str::to_string);
         if subject.name.is_some() {
             let ns = meta
                 .and_then(|m| m.get("namespace"))
@@ -226,11 +264,9 @@ impl Doc<'_> {
                         &prefix.key(field),
                         format!("missing field `{field}`"),
                     )),
-                    Some(n) if n.as_str().is_none() => errors.push(self.error(
-                        &subject,
-                        &prefix.key(field),
-                        "expected a string",
-                    )),
+                    Some(n) if n.as_str().is_none() => {
+                        errors.push(self.error(&subject, &prefix.key(field), "expected a string"))
+                    }
                     Some(_) => {}
                 }
             }
@@ -242,11 +278,13 @@ impl Doc<'_> {
             match node.get("items").map(|n| &n.value) {
                 Some(Value::Seq(items)) => {
                     for (i, item) in items.iter().enumerate() {
-                        self.parse_object(item, &prefix.key("items").index(i), lenient, out, errors);
+                        self.parse_object(item, &prefix.key("items").index(i), out, errors);
                     }
                 }
                 Some(Value::Null) | None => {}
-                Some(_) => errors.push(self.error(&subject, &prefix.key("items"), "expected a list")),
+                Some(_) => {
+                    errors.push(self.error(&subject, &prefix.key("items"), "expected a list"))
+                }
             }
             return;
         }
@@ -254,7 +292,7 @@ impl Doc<'_> {
         let kind = match Kind::from_name(kind_name) {
             Some(kind) if kind.accepts_api_version(api_version) => kind,
             found => {
-                if lenient && !OWN_GROUPS.contains(&group) {
+                if self.options.lenient && !OWN_GROUPS.contains(&group) {
                     out.skipped.push(SkippedDocument {
                         document: self.index,
                         api_version: api_version.to_string(),
@@ -301,7 +339,9 @@ impl Doc<'_> {
         }
 
         let resource = match kind {
-            Kind::Gateway => self.istio(&json, node, prefix, &subject).map(Resource::Gateway),
+            Kind::Gateway => self
+                .istio(&json, node, prefix, &subject)
+                .map(Resource::Gateway),
             Kind::VirtualService => self
                 .istio(&json, node, prefix, &subject)
                 .map(Resource::VirtualService),
@@ -317,7 +357,9 @@ impl Doc<'_> {
             Kind::WorkloadGroup => self
                 .istio(&json, node, prefix, &subject)
                 .map(Resource::WorkloadGroup),
-            Kind::Sidecar => self.istio(&json, node, prefix, &subject).map(Resource::Sidecar),
+            Kind::Sidecar => self
+                .istio(&json, node, prefix, &subject)
+                .map(Resource::Sidecar),
             Kind::EnvoyFilter => self
                 .istio(&json, node, prefix, &subject)
                 .map(Resource::EnvoyFilter),
@@ -333,9 +375,15 @@ impl Doc<'_> {
             Kind::AuthorizationPolicy => self
                 .istio(&json, node, prefix, &subject)
                 .map(Resource::AuthorizationPolicy),
-            Kind::Telemetry => self.istio(&json, node, prefix, &subject).map(Resource::Telemetry),
-            Kind::WasmPlugin => self.istio(&json, node, prefix, &subject).map(Resource::WasmPlugin),
-            Kind::Workload => self.istio(&json, node, prefix, &subject).map(Resource::Workload),
+            Kind::Telemetry => self
+                .istio(&json, node, prefix, &subject)
+                .map(Resource::Telemetry),
+            Kind::WasmPlugin => self
+                .istio(&json, node, prefix, &subject)
+                .map(Resource::WasmPlugin),
+            Kind::Workload => self
+                .istio(&json, node, prefix, &subject)
+                .map(Resource::Workload),
             Kind::Service => self
                 .kubernetes(&json, node, prefix, &subject)
                 .map(Resource::Service),
@@ -345,7 +393,11 @@ impl Doc<'_> {
         };
         match resource {
             Ok(resource) => {
-                let found = check(&resource);
+                let found = if self.options.validate {
+                    check(&resource)
+                } else {
+                    Vec::new()
+                };
                 if found.is_empty() {
                     out.resources.push(resource);
                 } else {
@@ -366,7 +418,7 @@ impl Doc<'_> {
         json: &serde_json::Value,
         prefix: &FieldPath,
         subject: &Subject,
-    ) -> Result<T, ConfigError> {
+    ) -> Result<T, Box<ConfigError>> {
         serde_path_to_error::deserialize::<_, T>(json).map_err(|err| {
             let mut segs = Vec::new();
             for seg in err.path().iter() {
@@ -374,7 +426,9 @@ impl Doc<'_> {
                     serde_path_to_error::Segment::Map { key } => {
                         segs.push(PathSegment::Key(key.clone()));
                     }
-                    serde_path_to_error::Segment::Seq { index } => segs.push(PathSegment::Index(*index)),
+                    serde_path_to_error::Segment::Seq { index } => {
+                        segs.push(PathSegment::Index(*index))
+                    }
                     serde_path_to_error::Segment::Enum { variant } => {
                         segs.push(PathSegment::Key(variant.clone()));
                     }
@@ -391,12 +445,17 @@ impl Doc<'_> {
                     .root
                     .key_line(&path, field)
                     .unwrap_or_else(|| self.root.line_of(&path));
-                return self.error_at_line(subject, &path, message, Some(line + self.line_offset));
+                return Box::new(self.error_at_line(
+                    subject,
+                    &path,
+                    message,
+                    Some(line + self.line_offset),
+                ));
             }
             if let Some(field) = missing_field_name(&message) {
                 path = path.key(field);
             }
-            self.error(subject, &path, message)
+            Box::new(self.error(subject, &path, message))
         })
     }
 
@@ -407,13 +466,14 @@ impl Doc<'_> {
         prefix: &FieldPath,
         subject: &Subject,
     ) -> Result<Object<S>, Vec<ConfigError>> {
-        let obj: Object<S> = self.decode(json, prefix, subject).map_err(|e| vec![e])?;
+        let obj: Object<S> = self.decode(json, prefix, subject).map_err(|e| vec![*e])?;
         // ObjectMeta accepts anything; catch misspelt metadata fields.
         if let (Some(meta_node), Ok(meta_json)) =
             (node.get("metadata"), serde_json::to_value(&obj.metadata))
         {
             let meta_path = prefix.key("metadata");
-            if let Some(e) = self.unknown_in_round_trip(meta_node, &meta_json, &meta_path, subject) {
+            if let Some(e) = self.unknown_in_round_trip(meta_node, &meta_json, &meta_path, subject)
+            {
                 return Err(vec![e]);
             }
         }
@@ -427,7 +487,7 @@ impl Doc<'_> {
         prefix: &FieldPath,
         subject: &Subject,
     ) -> Result<T, Vec<ConfigError>> {
-        let value: T = self.decode(json, prefix, subject).map_err(|e| vec![e])?;
+        let value: T = self.decode(json, prefix, subject).map_err(|e| vec![*e])?;
         // k8s-openapi types ignore unknown fields; anything that does not
         // survive a round trip was not understood.
         if let Ok(round_trip) = serde_json::to_value(&value)
@@ -455,22 +515,20 @@ impl Doc<'_> {
                     }
                     match map.get(&key.name) {
                         None => {
-                            let known: Vec<String> = map.keys().map(|k| format!("`{k}`")).collect();
-                            let mut message = format!("unknown field `{}`", key.name);
-                            if !known.is_empty() {
-                                message.push_str(&format!(", known fields here: {}", known.join(", ")));
-                            }
                             return Some(self.error_at_line(
                                 subject,
                                 path,
-                                message,
+                                format!("unknown field `{}`", key.name),
                                 Some(key.line + self.line_offset),
                             ));
                         }
                         Some(out) => {
-                            if let Some(e) =
-                                self.unknown_in_round_trip(value, out, &path.key(&key.name), subject)
-                            {
+                            if let Some(e) = self.unknown_in_round_trip(
+                                value,
+                                out,
+                                &path.key(&key.name),
+                                subject,
+                            ) {
                                 return Some(e);
                             }
                         }
@@ -480,7 +538,8 @@ impl Doc<'_> {
             }
             (Value::Seq(items), serde_json::Value::Array(outs)) => {
                 for (i, (item, out)) in items.iter().zip(outs).enumerate() {
-                    if let Some(e) = self.unknown_in_round_trip(item, out, &path.index(i), subject) {
+                    if let Some(e) = self.unknown_in_round_trip(item, out, &path.index(i), subject)
+                    {
                         return Some(e);
                     }
                 }

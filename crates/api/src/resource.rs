@@ -187,6 +187,10 @@ impl fmt::Display for ResourceKey {
 }
 
 /// Any resource Mizzen reads.
+///
+/// Variants hold their objects inline: configuration sets are small, and
+/// matching on unboxed values keeps the code that consumes them simple.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
     Gateway(Object<Gateway>),
@@ -266,6 +270,11 @@ impl Resource {
     /// `metadata.namespace`, defaulting to `default`.
     pub fn namespace(&self) -> &str {
         meta_namespace(self.metadata())
+    }
+
+    /// `metadata.labels` (empty when absent).
+    pub fn labels(&self) -> &std::collections::BTreeMap<String, String> {
+        crate::object::meta_labels(self.metadata())
     }
 
     /// The key identifying this resource.

@@ -203,7 +203,9 @@ pub(crate) fn opt_float<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, 
 }
 
 /// Map keys that must be integers (ports in `portLevelMtls`).
-pub(crate) fn int_keyed_map<'de, D, V>(d: D) -> Result<Option<std::collections::BTreeMap<u32, V>>, D::Error>
+pub(crate) fn int_keyed_map<'de, D, V>(
+    d: D,
+) -> Result<Option<std::collections::BTreeMap<u32, V>>, D::Error>
 where
     D: Deserializer<'de>,
     V: serde::Deserialize<'de>,

@@ -48,7 +48,10 @@ pub struct Tracing {
     pub r#match: Option<TracingSelector>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub providers: Vec<ProviderRef>,
-    #[serde(deserialize_with = "opt_float", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        deserialize_with = "opt_float",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub random_sampling_percentage: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disable_span_reporting: Option<bool>,

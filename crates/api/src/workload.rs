@@ -55,7 +55,11 @@ pub struct Workload {
     pub locality: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
-    #[serde(default, deserialize_with = "opt_int", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "opt_int",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub weight: Option<u32>,
 }
 
@@ -127,7 +131,10 @@ impl From<&Object<WorkloadEntry>> for WorkloadInstance {
         }
         let sidecar = match labels.get(TLS_MODE_LABEL) {
             Some(mode) => mode == "istio",
-            None => spec.service_account.as_deref().is_some_and(|s| !s.is_empty()),
+            None => spec
+                .service_account
+                .as_deref()
+                .is_some_and(|s| !s.is_empty()),
         };
         WorkloadInstance {
             name: obj.name().to_string(),

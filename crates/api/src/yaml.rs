@@ -163,9 +163,8 @@ pub(crate) fn split_documents(text: &str) -> Vec<RawDocument<'_>> {
     let mut start = 0usize;
     let mut start_line = 0usize;
     let mut pos = 0usize;
-    let mut line_no = 0usize;
     let mut in_doc_end = false;
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in text.split_inclusive('\n').enumerate() {
         let trimmed = line.trim_end_matches(['\n', '\r']);
         let next = pos + line.len();
         if is_marker(trimmed, "---") {
@@ -192,7 +191,6 @@ pub(crate) fn split_documents(text: &str) -> Vec<RawDocument<'_>> {
             start_line = line_no + 1;
         }
         pos = next;
-        line_no += 1;
     }
     if !in_doc_end {
         docs.push(RawDocument {
@@ -385,7 +383,9 @@ mod tests {
 
     #[test]
     fn lines_are_tracked() {
-        let node = parse_document("a:\n  b:\n  - x\n  - y: 1\n").unwrap().unwrap();
+        let node = parse_document("a:\n  b:\n  - x\n  - y: 1\n")
+            .unwrap()
+            .unwrap();
         let p = FieldPath::root().key("a").key("b").index(1).key("y");
         assert_eq!(node.line_of(&p), 4);
         assert_eq!(node.line_of(&FieldPath::root().key("a").key("zz")), 1);
@@ -397,7 +397,10 @@ mod tests {
             .unwrap()
             .unwrap();
         let json = node.to_json().unwrap();
-        assert_eq!(json["a"], serde_json::json!(["1.2.3.4", "001:db8::", "2001:db8::1"]));
+        assert_eq!(
+            json["a"],
+            serde_json::json!(["1.2.3.4", "001:db8::", "2001:db8::1"])
+        );
         assert_eq!(json["b"], serde_json::json!(["x:"]));
     }
 }

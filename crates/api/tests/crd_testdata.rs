@@ -68,10 +68,10 @@ fn cases(text: &str) -> Vec<Case> {
 /// `path in body ...`.
 fn istio_path(message: &str) -> Option<&str> {
     let first = message.split_whitespace().next()?;
-    if let Some(p) = first.strip_suffix(':') {
-        if p.starts_with("spec") || p.starts_with("metadata") {
-            return Some(p);
-        }
+    if let Some(p) = first.strip_suffix(':')
+        && (p.starts_with("spec") || p.starts_with("metadata"))
+    {
+        return Some(p);
     }
     let rest = &message[first.len()..];
     if rest.starts_with(" in body") {
@@ -126,7 +126,11 @@ fn valid_documents_are_accepted() {
     }
     println!("{count} valid documents checked");
     assert!(count > 30, "too few documents: {count}");
-    assert!(failures.is_empty(), "rejected valid documents:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "rejected valid documents:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -143,7 +147,10 @@ fn invalid_documents_are_rejected_for_istios_reason() {
             count += 1;
             let expected = case.expected.clone().unwrap_or_default();
             match parse_documents(&file, &case.text) {
-                Ok(_) => failures.push(format!("{file} {}: accepted (Istio: {expected})", case.name)),
+                Ok(_) => failures.push(format!(
+                    "{file} {}: accepted (Istio: {expected})",
+                    case.name
+                )),
                 Err(errs) => {
                     for e in &errs {
                         println!("{} | Istio: {expected}\n    ours: {e}", case.name);

@@ -26,7 +26,10 @@ fn bookinfo_networking_parses_strictly() {
             Err(errs) => panic!("{} failed:\n{}", f.display(), show(&errs)),
         }
     }
-    println!("bookinfo networking: {} files, {total} resources", files.len());
+    println!(
+        "bookinfo networking: {} files, {total} resources",
+        files.len()
+    );
 }
 
 #[test]
@@ -51,7 +54,10 @@ fn bookinfo_platform_parses_leniently() {
     assert_eq!(skipped, ["Deployment", "ServiceAccount"]);
     // Strict parsing refuses the same file, naming the first Deployment.
     let errs = parse_documents("bookinfo.yaml", &text).unwrap_err();
-    assert!(errs.iter().any(|e| e.message.contains("unknown kind \"Deployment\"")));
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("unknown kind \"Deployment\""))
+    );
 }
 
 #[test]

@@ -36,10 +36,15 @@ pub struct DemoOptions {
     pub dir: PathBuf,
     pub xds_address: SocketAddr,
     pub debug_address: SocketAddr,
+    /// Run on loopback addresses even as root.
+    pub loopback: bool,
+    /// The `mizzen` binary that pods run.
+    pub binary: PathBuf,
 }
 
-/// Writes the demo's config and example files below `dir`.
-pub fn write_files(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+/// Writes the demo's config and example files below `dir`; `pods` puts the
+/// workloads on the pod network instead of loopback addresses.
+pub fn write_files(dir: &Path, pods: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
     let config = dir.join("config");
     let examples = dir.join("examples");
     if config.exists() {
@@ -53,6 +58,11 @@ pub fn write_files(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         std::fs::create_dir_all(target)
             .with_context(|| format!("creating {}", target.display()))?;
         for (name, text) in files {
+            let text = if pods && *name == "workloads.yaml" {
+                crate::pods::pod_addresses(text)
+            } else {
+                text.to_string()
+            };
             std::fs::write(target.join(name), text).with_context(|| format!("writing {name}"))?;
         }
     }
@@ -100,11 +110,55 @@ pub fn apps() -> anyhow::Result<BTreeMap<String, AppSpec>> {
 }
 
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
-    let (config_dir, examples) = write_files(&options.dir)?;
-    println!(
-        "Mizzen demo: local loopback runtime (pods in network namespaces are not available in this version)."
-    );
+    let pods = !options.loopback && crate::netns::is_root();
+    let (config_dir, examples) = write_files(&options.dir, pods)?;
+    if pods {
+        println!("Mizzen demo: pods in network namespaces with iptables capture.");
+    } else if options.loopback {
+        println!("Mizzen demo: local loopback runtime (asked for with --loopback).");
+    } else {
+        println!(
+            "Mizzen demo: not running as root, so no pods: local loopback runtime, apps use their sidecar as an HTTP proxy."
+        );
+    }
     println!("config directory: {}", config_dir.display());
+    if pods {
+        let log_dir = options.dir.join("logs");
+        let mesh = crate::pods::PodMesh::start(crate::pods::PodOptions {
+            config_dir: config_dir.clone(),
+            binary: options.binary.clone(),
+            log_dir: log_dir.clone(),
+            debug_address: options.debug_address,
+            apps: apps()?,
+            forwards: vec![(
+                SocketAddr::from(([127, 0, 0, 1], 8080)),
+                "istio-system/istio-ingressgateway".to_string(),
+                8080,
+            )],
+            network: Default::default(),
+        })
+        .await?;
+        let run_file =
+            crate::meshes::register(&config_dir, mesh.pilot.debug_address(), mesh.pods.clone())?;
+        println!(
+            "pilot: xDS on {}, debug on http://{}/debug/syncz",
+            mesh.pilot.xds_address(),
+            mesh.pilot.debug_address()
+        );
+        println!(
+            "pods: {} (logs in {})",
+            mesh.pods.keys().cloned().collect::<Vec<_>>().join(", "),
+            log_dir.display()
+        );
+        print_tour(&examples);
+        println!("  mizzen exec service-b -- curl -s http://service-c/");
+        println!("Ctrl-C stops the mesh and removes the pods.");
+        tokio::signal::ctrl_c().await?;
+        println!("stopping");
+        mesh.stop().await;
+        let _ = std::fs::remove_file(run_file);
+        return Ok(());
+    }
     let mut mesh = LocalMesh::start(LocalOptions {
         config_dir: config_dir.clone(),
         xds_address: options.xds_address,
@@ -121,6 +175,15 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     for (name, proxy) in &mesh.proxies {
         println!("proxy {name}: admin on http://{}/", proxy.admin_address());
     }
+    print_tour(&examples);
+    println!("Ctrl-C stops the mesh.");
+    tokio::signal::ctrl_c().await?;
+    println!("stopping");
+    mesh.stop().await;
+    Ok(())
+}
+
+fn print_tour(examples: &Path) {
     println!();
     println!("The mesh is ready. Try:");
     println!(
@@ -132,9 +195,4 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         "  mizzen apply -f {}",
         examples.join("service-c-route.yaml").display()
     );
-    println!("Ctrl-C stops the mesh.");
-    tokio::signal::ctrl_c().await?;
-    println!("stopping");
-    mesh.stop().await;
-    Ok(())
 }

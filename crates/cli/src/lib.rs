@@ -5,3 +5,5 @@ pub mod apply;
 pub mod demo;
 pub mod local;
 pub mod meshes;
+pub mod netns;
+pub mod pods;

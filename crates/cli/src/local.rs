@@ -188,7 +188,8 @@ impl LocalMesh {
 
     /// Records this mesh so that `mizzen apply` finds it without flags.
     pub fn register(&mut self, config_dir: &Path) -> anyhow::Result<()> {
-        let file = crate::meshes::register(config_dir, self.pilot.debug_address())?;
+        let file =
+            crate::meshes::register(config_dir, self.pilot.debug_address(), Default::default())?;
         self.run_file = Some(file);
         Ok(())
     }

@@ -24,6 +24,16 @@ enum Command {
         xds_address: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:15014")]
         debug_address: SocketAddr,
+        /// Run on loopback addresses without pods even as root.
+        #[arg(long)]
+        loopback: bool,
+    },
+    /// Run a command inside a pod of the running mesh, like `kubectl exec`.
+    Exec {
+        /// The pod: NAME or NAMESPACE/NAME.
+        pod: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
     /// Create or update the resources of a file in the running local mesh.
     Apply {
@@ -61,14 +71,26 @@ async fn main() -> anyhow::Result<()> {
             dir,
             xds_address,
             debug_address,
+            loopback,
         } => {
             init_logging("warn");
             mizzen_cli::demo::run(mizzen_cli::demo::DemoOptions {
                 dir: dir.unwrap_or_else(|| mizzen_cli::meshes::home().join("demo")),
                 xds_address,
                 debug_address,
+                loopback,
+                binary: mizzen_cli::pods::default_binary()?,
             })
             .await
+        }
+        Command::Exec { pod, command } => {
+            let mesh = mizzen_cli::meshes::the_running_mesh()?;
+            let netns = mizzen_cli::meshes::pod_netns(&mesh, &pod)?;
+            let status = std::process::Command::new("ip")
+                .args(["netns", "exec", &netns])
+                .args(&command)
+                .status()?;
+            std::process::exit(status.code().unwrap_or(1));
         }
         Command::Apply { file, config_dir } => {
             let dir = mizzen_cli::meshes::config_dir(config_dir)?;

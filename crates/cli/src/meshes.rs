@@ -12,6 +12,9 @@ pub struct RunningMesh {
     pub pid: u32,
     pub config_dir: PathBuf,
     pub debug_address: SocketAddr,
+    /// Pods by `namespace/name`, with their network namespace (pod runtime).
+    #[serde(default)]
+    pub pods: std::collections::BTreeMap<String, String>,
 }
 
 /// Mizzen's own directory: `$MIZZEN_HOME`, else `~/.mizzen`.
@@ -29,7 +32,11 @@ fn run_dir() -> PathBuf {
     home().join("run")
 }
 
-pub fn register(config_dir: &Path, debug_address: SocketAddr) -> anyhow::Result<PathBuf> {
+pub fn register(
+    config_dir: &Path,
+    debug_address: SocketAddr,
+    pods: std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<PathBuf> {
     let dir = run_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mesh = RunningMesh {
@@ -38,6 +45,7 @@ pub fn register(config_dir: &Path, debug_address: SocketAddr) -> anyhow::Result<
             .canonicalize()
             .unwrap_or_else(|_| config_dir.to_path_buf()),
         debug_address,
+        pods,
     };
     let file = dir.join(format!("{}.json", mesh.pid));
     std::fs::write(&file, serde_json::to_vec_pretty(&mesh)?)
@@ -81,6 +89,46 @@ pub fn config_dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
             meshes
                 .iter()
                 .map(|m| m.config_dir.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The only running mesh, or an error saying why there is none to pick.
+pub fn the_running_mesh() -> anyhow::Result<RunningMesh> {
+    let mut meshes = running();
+    match meshes.len() {
+        0 => bail!("no local mesh is running; start one with `mizzen demo`"),
+        1 => Ok(meshes.remove(0)),
+        n => bail!("{n} local meshes are running; stop all but one"),
+    }
+}
+
+/// The network namespace of a pod, by `name` or `namespace/name`.
+pub fn pod_netns(mesh: &RunningMesh, pod: &str) -> anyhow::Result<String> {
+    if let Some(netns) = mesh.pods.get(pod) {
+        return Ok(netns.clone());
+    }
+    let matches: Vec<(&String, &String)> = mesh
+        .pods
+        .iter()
+        .filter(|(key, _)| key.rsplit('/').next() == Some(pod))
+        .collect();
+    match matches.as_slice() {
+        [(_, netns)] => Ok((*netns).clone()),
+        [] if mesh.pods.is_empty() => {
+            bail!("the running mesh has no pods (it runs in loopback mode)")
+        }
+        [] => bail!(
+            "no pod {pod}; pods: {}",
+            mesh.pods.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+        _ => bail!(
+            "{pod} names several pods ({}); say NAMESPACE/NAME",
+            matches
+                .iter()
+                .map(|(k, _)| k.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
         ),

@@ -125,8 +125,9 @@ pub const SERVICE_CIDR: (std::net::Ipv4Addr, u8) = (std::net::Ipv4Addr::new(10, 
 /// A stable hash of a hostname, so a service keeps its virtual IP across
 /// restarts and unrelated config changes (FNV-1a).
 fn stable_hash(text: &str) -> u32 {
-    text.bytes()
-        .fold(0x811c_9dc5u32, |hash, byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193))
+    text.bytes().fold(0x811c_9dc5u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
 }
 
 impl Service {
@@ -299,8 +300,9 @@ impl Model {
             Some(ip) => match ip.parse() {
                 Ok(ip) => Some(ip),
                 Err(_) => {
-                    self.warnings
-                        .push(format!("Service {namespace}/{name}: clusterIP {ip:?} is not an IP address"));
+                    self.warnings.push(format!(
+                        "Service {namespace}/{name}: clusterIP {ip:?} is not an IP address"
+                    ));
                     None
                 }
             },
@@ -504,7 +506,12 @@ impl Model {
         namespace: &str,
         labels: &BTreeMap<String, String>,
     ) -> Option<&Config<mizzen_api::networking::Sidecar>> {
-        let in_namespace = |ns: &str| self.sidecars.iter().filter(|s| s.namespace == ns).collect::<Vec<_>>();
+        let in_namespace = |ns: &str| {
+            self.sidecars
+                .iter()
+                .filter(|s| s.namespace == ns)
+                .collect::<Vec<_>>()
+        };
         let local = in_namespace(namespace);
         local
             .iter()
@@ -524,7 +531,11 @@ impl Model {
     }
 
     /// The outbound traffic policy of a workload (mesh default: ALLOW_ANY).
-    pub fn outbound_policy(&self, namespace: &str, labels: &BTreeMap<String, String>) -> OutboundPolicy {
+    pub fn outbound_policy(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> OutboundPolicy {
         use mizzen_api::networking::OutboundTrafficPolicyMode;
         match self
             .sidecar_for(namespace, labels)

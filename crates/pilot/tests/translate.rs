@@ -124,6 +124,12 @@ fn captured_sidecar_with_http_tcp_and_sniffed_ports() {
     check(
         "captured",
         "web-sidecar.json",
-        &captured(proxy(ProxyKind::Sidecar, "10.213.0.5", "web-1", "shop", &[("app", "web")])),
+        &captured(proxy(
+            ProxyKind::Sidecar,
+            "10.213.0.5",
+            "web-1",
+            "shop",
+            &[("app", "web")],
+        )),
     );
 }

@@ -135,9 +135,17 @@ pub struct BackendUtilizationLb {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WarmupConfiguration {
     pub duration: String,
-    #[serde(default, deserialize_with = "opt_float", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "opt_float",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub minimum_percent: Option<f64>,
-    #[serde(default, deserialize_with = "opt_float", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "opt_float",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub aggression: Option<f64>,
 }
 
@@ -410,7 +418,10 @@ pub struct ProxyProtocol {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RetryBudget {
-    #[serde(deserialize_with = "opt_float", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        deserialize_with = "opt_float",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub percent: Option<f64>,
     #[serde(deserialize_with = "opt_int", skip_serializing_if = "Option::is_none")]
     pub min_retry_concurrency: Option<u32>,

@@ -38,7 +38,11 @@ pub struct Port {
     /// `HTTP`, `HTTPS`, `GRPC`, `GRPC-WEB`, `HTTP2`, `MONGO`, `TCP` or `TLS`.
     pub protocol: String,
     pub name: String,
-    #[serde(default, deserialize_with = "opt_int", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "opt_int",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub target_port: Option<u32>,
 }
 

@@ -24,11 +24,9 @@ static WILDCARD_LABEL: LazyLock<Regex> =
     LazyLock::new(|| re(r"^(\*|(\*|\*-)?[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)$"));
 static QUALIFIED_NAME: LazyLock<Regex> =
     LazyLock::new(|| re("^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$"));
-static HEADER_NAME: LazyLock<Regex> =
-    LazyLock::new(|| re(r"^[!#$%&'*+\-.^_`|~0-9a-zA-Z]+$"));
-pub(crate) static TARGET_GROUP: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-});
+static HEADER_NAME: LazyLock<Regex> = LazyLock::new(|| re(r"^[!#$%&'*+\-.^_`|~0-9a-zA-Z]+$"));
+pub(crate) static TARGET_GROUP: LazyLock<Regex> =
+    LazyLock::new(|| re(r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"));
 pub(crate) static TARGET_KIND: LazyLock<Regex> =
     LazyLock::new(|| re("^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$"));
 
@@ -88,7 +86,9 @@ fn dns1123_labels(domain: &str) -> Result<(), String> {
             return Ok(());
         }
         if label.len() > 63 || !HOST_LABEL.is_match(label) {
-            return Err(format!("domain name {domain:?} invalid (label {label:?} invalid)"));
+            return Err(format!(
+                "domain name {domain:?} invalid (label {label:?} invalid)"
+            ));
         }
     }
     Ok(())
@@ -175,7 +175,12 @@ impl Errors {
         }
     }
 
-    pub(crate) fn max_properties<K, V>(&mut self, path: &FieldPath, map: &BTreeMap<K, V>, max: usize) {
+    pub(crate) fn max_properties<K, V>(
+        &mut self,
+        path: &FieldPath,
+        map: &BTreeMap<K, V>,
+        max: usize,
+    ) {
         if map.len() > max {
             self.add(
                 path,
@@ -186,7 +191,10 @@ impl Errors {
 
     pub(crate) fn pattern(&mut self, path: &FieldPath, value: &str, re: &Regex, pattern: &str) {
         if !re.is_match(value) {
-            self.add(path, format!("Invalid value: {value:?}: should match '{pattern}'"));
+            self.add(
+                path,
+                format!("Invalid value: {value:?}: should match '{pattern}'"),
+            );
         }
     }
 
@@ -227,7 +235,10 @@ impl Errors {
     /// Istio's webhook `ValidatePort`.
     pub(crate) fn port(&mut self, path: &FieldPath, port: u32) {
         if port == 0 || port > 65535 {
-            self.add(path, format!("port number {port} must be in the range 1..65535"));
+            self.add(
+                path,
+                format!("port number {port} must be in the range 1..65535"),
+            );
         }
     }
 
@@ -253,7 +264,11 @@ impl Errors {
 
     /// `spec.selector` of the security, telemetry and extension kinds
     /// (`istio.type.v1beta1.WorkloadSelector`).
-    pub(crate) fn match_labels_selector(&mut self, path: &FieldPath, sel: Option<&WorkloadSelector>) {
+    pub(crate) fn match_labels_selector(
+        &mut self,
+        path: &FieldPath,
+        sel: Option<&WorkloadSelector>,
+    ) {
         let Some(sel) = sel else {
             return;
         };
@@ -289,10 +304,20 @@ impl Errors {
     pub(crate) fn target_ref(&mut self, path: &FieldPath, r: &PolicyTargetReference) {
         let group = r.group.as_deref().unwrap_or("");
         self.max_len(&path.key("group"), group, 253);
-        self.pattern(&path.key("group"), group, &TARGET_GROUP, TARGET_GROUP_PATTERN);
+        self.pattern(
+            &path.key("group"),
+            group,
+            &TARGET_GROUP,
+            TARGET_GROUP_PATTERN,
+        );
         self.min_len(&path.key("kind"), &r.kind, 1);
         self.max_len(&path.key("kind"), &r.kind, 63);
-        self.pattern(&path.key("kind"), &r.kind, &TARGET_KIND, TARGET_KIND_PATTERN);
+        self.pattern(
+            &path.key("kind"),
+            &r.kind,
+            &TARGET_KIND,
+            TARGET_KIND_PATTERN,
+        );
         self.min_len(&path.key("name"), &r.name, 1);
         self.max_len(&path.key("name"), &r.name, 253);
         if r.namespace.as_deref().is_some_and(|ns| !ns.is_empty()) {
@@ -307,7 +332,11 @@ impl Errors {
                 | ("" | "core", "Service")
                 | ("networking.istio.io", "ServiceEntry")
         );
-        if !allowed && !r.kind.is_empty() && TARGET_KIND.is_match(&r.kind) && TARGET_GROUP.is_match(group) {
+        if !allowed
+            && !r.kind.is_empty()
+            && TARGET_KIND.is_match(&r.kind)
+            && TARGET_GROUP.is_match(group)
+        {
             self.add(
                 path,
                 format!(
@@ -343,17 +372,28 @@ impl Errors {
     }
 
     /// Istio's `validateExportTo`.
-    pub(crate) fn export_to(&mut self, path: &FieldPath, namespace: &str, export_to: &[String], allow_none: bool) {
+    pub(crate) fn export_to(
+        &mut self,
+        path: &FieldPath,
+        namespace: &str,
+        export_to: &[String],
+        allow_none: bool,
+    ) {
         let mut seen = BTreeSet::new();
         for (i, e) in export_to.iter().enumerate() {
             let key = if e == "." { namespace } else { e.as_str() };
             if !seen.insert(key.to_string()) {
                 if key == e {
-                    self.add(&path.index(i), format!("duplicate entries in exportTo: {e}"));
+                    self.add(
+                        &path.index(i),
+                        format!("duplicate entries in exportTo: {e}"),
+                    );
                 } else {
                     self.add(
                         &path.index(i),
-                        format!("duplicate entries in exportTo: . and current namespace {namespace}"),
+                        format!(
+                            "duplicate entries in exportTo: . and current namespace {namespace}"
+                        ),
                     );
                 }
                 continue;
@@ -367,10 +407,16 @@ impl Errors {
             }
         }
         if seen.contains("*") && export_to.len() > 1 {
-            self.add(path, "cannot have both public (*) and non-public exportTo values for a resource");
+            self.add(
+                path,
+                "cannot have both public (*) and non-public exportTo values for a resource",
+            );
         }
         if seen.contains("~") && export_to.len() > 1 {
-            self.add(path, "cannot export service entry to no one (~) and someone");
+            self.add(
+                path,
+                "cannot export service entry to no one (~) and someone",
+            );
         }
     }
 }
@@ -394,8 +440,19 @@ fn label_key(k: &str) -> Result<(), String> {
 /// Protocols Istio recognises on ports (case-insensitive).
 pub(crate) fn parse_protocol(p: &str) -> Option<&'static str> {
     const KNOWN: &[&str] = &[
-        "HTTP", "HTTPS", "HTTP2", "HTTP_PROXY", "GRPC", "GRPC-WEB", "TCP", "UDP", "TLS", "MONGO",
-        "REDIS", "MYSQL", "THRIFT",
+        "HTTP",
+        "HTTPS",
+        "HTTP2",
+        "HTTP_PROXY",
+        "GRPC",
+        "GRPC-WEB",
+        "TCP",
+        "UDP",
+        "TLS",
+        "MONGO",
+        "REDIS",
+        "MYSQL",
+        "THRIFT",
     ];
     KNOWN.iter().copied().find(|k| k.eq_ignore_ascii_case(p))
 }
@@ -463,8 +520,7 @@ pub(crate) fn is_base64(s: &str) -> bool {
     let s = s.trim_end_matches('=');
     let pad = s.len() % 4;
     pad != 1
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
@@ -504,6 +560,9 @@ mod tests {
         assert_eq!(url_scheme("test"), Ok(None));
         assert_eq!(url_scheme("#%blah$#@"), Err(()));
         assert_eq!(url_scheme("hTPp\\\u{8}lah"), Err(()));
-        assert_eq!(url_scheme("fake://example.com"), Ok(Some("fake".to_string())));
+        assert_eq!(
+            url_scheme("fake://example.com"),
+            Ok(Some("fake".to_string()))
+        );
     }
 }

@@ -23,10 +23,16 @@ pub(super) fn destination_rule(dr: &DestinationRule, ns: &str, p: &FieldPath, e:
         if subset.name.is_empty() {
             e.add(&sp.key("name"), "subset name cannot be empty");
         } else if !is_dns1123_label(&subset.name) {
-            e.add(&sp.key("name"), format!("subset name is invalid: {}", subset.name));
+            e.add(
+                &sp.key("name"),
+                format!("subset name is invalid: {}", subset.name),
+            );
         }
         if !names.insert(subset.name.as_str()) {
-            e.add(&sp.key("name"), format!("duplicate subset names: {}", subset.name));
+            e.add(
+                &sp.key("name"),
+                format!("duplicate subset names: {}", subset.name),
+            );
         }
         e.labels(&sp.key("labels"), &subset.labels);
         if let Some(tp) = &subset.traffic_policy {
@@ -59,7 +65,10 @@ fn traffic_policy(tp: &TrafficPolicy, p: &FieldPath, e: &mut Errors) {
         return;
     }
     if tp.tunnel.is_some() && tp.proxy_protocol.is_some() {
-        e.add(p, "tunnel and proxyProtocol must not be specified simultaneously");
+        e.add(
+            p,
+            "tunnel and proxyProtocol must not be specified simultaneously",
+        );
     }
     if let Some(lb) = &tp.load_balancer {
         load_balancer(lb, &p.key("loadBalancer"), e);
@@ -81,7 +90,10 @@ fn traffic_policy(tp: &TrafficPolicy, p: &FieldPath, e: &mut Errors) {
         if let Some(n) = pl.port.and_then(|p| p.number)
             && !ports.insert(n)
         {
-            e.add(&pp.index(i).key("port"), format!("duplicate port level setting for port {n}"));
+            e.add(
+                &pp.index(i).key("port"),
+                format!("duplicate port level setting for port {n}"),
+            );
         }
     }
     if let Some(t) = &tp.tunnel {
@@ -129,7 +141,10 @@ fn load_balancer(lb: &LoadBalancerSettings, p: &FieldPath, e: &mut Errors) {
         + usize::from(lb.consistent_hash.is_some())
         + usize::from(lb.backend_utilization.is_some());
     if set > 1 {
-        e.add(p, "only one of simple, consistentHash or backendUtilization can be set");
+        e.add(
+            p,
+            "only one of simple, consistentHash or backendUtilization can be set",
+        );
     }
     if let Some(ch) = &lb.consistent_hash {
         let cp = p.key("consistentHash");
@@ -154,15 +169,24 @@ fn load_balancer(lb: &LoadBalancerSettings, p: &FieldPath, e: &mut Errors) {
             e.duration_syntax(&hp.key("ttl"), cookie.ttl.as_ref());
             for (i, a) in cookie.attributes.iter().enumerate() {
                 if a.name.is_empty() {
-                    e.add(&hp.key("attributes").index(i).key("name"), "cookie attribute name cannot be empty");
+                    e.add(
+                        &hp.key("attributes").index(i).key("name"),
+                        "cookie attribute name cannot be empty",
+                    );
                 }
             }
         }
     }
     if let Some(bu) = &lb.backend_utilization {
         let bp = p.key("backendUtilization");
-        e.duration_syntax(&bp.key("weightExpirationPeriod"), bu.weight_expiration_period.as_ref());
-        e.duration_syntax(&bp.key("weightUpdatePeriod"), bu.weight_update_period.as_ref());
+        e.duration_syntax(
+            &bp.key("weightExpirationPeriod"),
+            bu.weight_expiration_period.as_ref(),
+        );
+        e.duration_syntax(
+            &bp.key("weightUpdatePeriod"),
+            bu.weight_update_period.as_ref(),
+        );
         e.duration_syntax(
             &bp.key("weightStabilizationPeriod"),
             bu.weight_stabilization_period.as_ref(),
@@ -180,7 +204,10 @@ fn load_balancer(lb: &LoadBalancerSettings, p: &FieldPath, e: &mut Errors) {
             format!("Invalid value: {min}: should be greater than or equal to 1"),
         );
     }
-    e.duration_min_1ms(&p.key("warmupDurationSecs"), lb.warmup_duration_secs.as_ref());
+    e.duration_min_1ms(
+        &p.key("warmupDurationSecs"),
+        lb.warmup_duration_secs.as_ref(),
+    );
     if let Some(w) = &lb.warmup {
         let wp = p.key("warmup");
         e.duration_min_1ms(&wp.key("duration"), Some(&w.duration));
@@ -196,19 +223,28 @@ fn load_balancer(lb: &LoadBalancerSettings, p: &FieldPath, e: &mut Errors) {
 
 fn locality_lb(lb: &LocalityLoadBalancerSetting, p: &FieldPath, e: &mut Errors) {
     if !lb.distribute.is_empty() && !lb.failover.is_empty() {
-        e.add(p, "can not simultaneously specify 'distribute' and 'failover'");
+        e.add(
+            p,
+            "can not simultaneously specify 'distribute' and 'failover'",
+        );
     }
     for (i, d) in lb.distribute.iter().enumerate() {
         let dp = p.key("distribute").index(i);
         let mut total: u64 = 0;
         for (loc, w) in &d.to {
             if *w == 0 || *w > 100 {
-                e.add(&dp.key("to").key(loc), "locality weight must be in range [1, 100]");
+                e.add(
+                    &dp.key("to").key(loc),
+                    "locality weight must be in range [1, 100]",
+                );
             }
             total += u64::from(*w);
         }
         if total != 100 {
-            e.add(&dp.key("to"), format!("total locality weight {total} != 100"));
+            e.add(
+                &dp.key("to"),
+                format!("total locality weight {total} != 100"),
+            );
         }
     }
     for (i, f) in lb.failover.iter().enumerate() {
@@ -216,13 +252,19 @@ fn locality_lb(lb: &LocalityLoadBalancerSetting, p: &FieldPath, e: &mut Errors) 
         let from = f.from.as_deref().unwrap_or("");
         let to = f.to.as_deref().unwrap_or("");
         if from == to {
-            e.add(&fp, "locality lb failover settings must specify different regions");
+            e.add(
+                &fp,
+                "locality lb failover settings must specify different regions",
+            );
         }
         if from.contains('/') || to.contains('/') {
             e.add(&fp, "locality lb failover only specify region");
         }
         if from.contains('*') || to.contains('*') {
-            e.add(&fp, "locality lb failover region should not contain '*' wildcard");
+            e.add(
+                &fp,
+                "locality lb failover region should not contain '*' wildcard",
+            );
         }
     }
 }
@@ -236,39 +278,72 @@ pub(super) fn connection_pool(cp: &ConnectionPoolSettings, p: &FieldPath, e: &mu
     if let Some(h) = &cp.http {
         let hp = p.key("http");
         for (field, v, what) in [
-            ("http1MaxPendingRequests", h.http1_max_pending_requests, "http1 max pending requests"),
-            ("http2MaxRequests", h.http2_max_requests, "http2 max requests"),
-            ("maxRequestsPerConnection", h.max_requests_per_connection, "max requests per connection"),
+            (
+                "http1MaxPendingRequests",
+                h.http1_max_pending_requests,
+                "http1 max pending requests",
+            ),
+            (
+                "http2MaxRequests",
+                h.http2_max_requests,
+                "http2 max requests",
+            ),
+            (
+                "maxRequestsPerConnection",
+                h.max_requests_per_connection,
+                "max requests per connection",
+            ),
             ("maxRetries", h.max_retries, "max retries"),
-            ("maxConcurrentStreams", h.max_concurrent_streams, "max concurrent streams"),
+            (
+                "maxConcurrentStreams",
+                h.max_concurrent_streams,
+                "max concurrent streams",
+            ),
         ] {
             if v.is_some_and(|v| v < 0) {
                 e.add(&hp.key(field), format!("{what} must be non-negative"));
             }
         }
         e.duration_min_1ms(&hp.key("idleTimeout"), h.idle_timeout.as_ref());
-        if h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade) && h.use_client_protocol == Some(true) {
+        if h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade)
+            && h.use_client_protocol == Some(true)
+        {
             e.add(
                 &hp,
                 "use client protocol must not be true when H2UpgradePolicy is UPGRADE",
             );
         }
         if let Some(ka) = &h.http2_keep_alive {
-            e.duration_min_1ms(&hp.key("http2KeepAlive").key("interval"), ka.interval.as_ref());
-            e.duration_min_1ms(&hp.key("http2KeepAlive").key("timeout"), ka.timeout.as_ref());
+            e.duration_min_1ms(
+                &hp.key("http2KeepAlive").key("interval"),
+                ka.interval.as_ref(),
+            );
+            e.duration_min_1ms(
+                &hp.key("http2KeepAlive").key("timeout"),
+                ka.timeout.as_ref(),
+            );
         }
     }
     if let Some(t) = &cp.tcp {
         let tp = p.key("tcp");
         if t.max_connections.is_some_and(|v| v < 0) {
-            e.add(&tp.key("maxConnections"), "max connections must be non-negative");
+            e.add(
+                &tp.key("maxConnections"),
+                "max connections must be non-negative",
+            );
         }
         e.duration_min_1ms(&tp.key("connectTimeout"), t.connect_timeout.as_ref());
-        e.duration_min_1ms(&tp.key("maxConnectionDuration"), t.max_connection_duration.as_ref());
+        e.duration_min_1ms(
+            &tp.key("maxConnectionDuration"),
+            t.max_connection_duration.as_ref(),
+        );
         e.duration_syntax(&tp.key("idleTimeout"), t.idle_timeout.as_ref());
         if let Some(ka) = &t.tcp_keepalive {
             e.duration_min_1ms(&tp.key("tcpKeepalive").key("time"), ka.time.as_ref());
-            e.duration_min_1ms(&tp.key("tcpKeepalive").key("interval"), ka.interval.as_ref());
+            e.duration_min_1ms(
+                &tp.key("tcpKeepalive").key("interval"),
+                ka.interval.as_ref(),
+            );
         }
     }
 }
@@ -277,7 +352,10 @@ fn outlier_detection(od: &OutlierDetection, p: &FieldPath, e: &mut Errors) {
     e.duration_min_1ms(&p.key("baseEjectionTime"), od.base_ejection_time.as_ref());
     e.duration_min_1ms(&p.key("interval"), od.interval.as_ref());
     if od.consecutive_errors.is_some_and(|v| v < 0) {
-        e.add(&p.key("consecutiveErrors"), "outlier detection consecutive errors cannot be negative");
+        e.add(
+            &p.key("consecutiveErrors"),
+            "outlier detection consecutive errors cannot be negative",
+        );
     }
     for (field, v) in [
         ("maxEjectionPercent", od.max_ejection_percent),
@@ -286,7 +364,10 @@ fn outlier_detection(od: &OutlierDetection, p: &FieldPath, e: &mut Errors) {
         if let Some(v) = v
             && !(0..=100).contains(&v)
         {
-            e.add(&p.key(field), format!("percentage {v} is not in range [0, 100]"));
+            e.add(
+                &p.key(field),
+                format!("percentage {v} is not in range [0, 100]"),
+            );
         }
     }
     for (i, code) in od.outlier_detection_http_error_codes.iter().enumerate() {
@@ -302,34 +383,29 @@ fn outlier_detection(od: &OutlierDetection, p: &FieldPath, e: &mut Errors) {
 fn client_tls(tls: &ClientTlsSettings, p: &FieldPath, e: &mut Errors) {
     let set = |s: &Option<String>| s.as_deref().is_some_and(|v| !v.is_empty());
     let credential = set(&tls.credential_name);
+    let certs = set(&tls.client_certificate) || set(&tls.private_key) || set(&tls.ca_certificates);
     match tls.mode {
-        Some(ClientTlsMode::IstioMutual) => {
-            if set(&tls.client_certificate)
-                || set(&tls.private_key)
-                || set(&tls.ca_certificates)
-                || credential
-            {
-                e.add(
-                    p,
-                    "cannot specify client certificates or CA certificate with ISTIO_MUTUAL mode",
-                );
-            }
+        Some(ClientTlsMode::IstioMutual) if certs || credential => {
+            e.add(
+                p,
+                "cannot specify client certificates or CA certificate with ISTIO_MUTUAL mode",
+            );
         }
-        Some(ClientTlsMode::Simple | ClientTlsMode::Mutual) if credential => {
-            if set(&tls.client_certificate)
-                || set(&tls.private_key)
-                || set(&tls.ca_certificates)
-                || set(&tls.ca_crl)
-            {
-                e.add(
-                    p,
-                    "cannot specify client certificates or CA certificate or CA CRL if credentialName is set",
-                );
-            }
+        // With credentialName the certificates come from a secret.
+        Some(ClientTlsMode::Simple | ClientTlsMode::Mutual)
+            if credential && (certs || set(&tls.ca_crl)) =>
+        {
+            e.add(
+                p,
+                "cannot specify client certificates or CA certificate or CA CRL if credentialName is set",
+            );
         }
-        Some(ClientTlsMode::Mutual) => {
+        Some(ClientTlsMode::Mutual) if !credential => {
             if !set(&tls.client_certificate) {
-                e.add(&p.key("clientCertificate"), "client certificate required for mutual tls");
+                e.add(
+                    &p.key("clientCertificate"),
+                    "client certificate required for mutual tls",
+                );
             }
             if !set(&tls.private_key) {
                 e.add(&p.key("privateKey"), "private key required for mutual tls");
@@ -345,7 +421,10 @@ fn tunnel(t: &TunnelSettings, p: &FieldPath, e: &mut Errors) {
         && proto != "CONNECT"
         && proto != "POST"
     {
-        e.add(&p.key("protocol"), r#"tunnel protocol must be "CONNECT" or "POST""#);
+        e.add(
+            &p.key("protocol"),
+            r#"tunnel protocol must be "CONNECT" or "POST""#,
+        );
     }
     if let Err(msg) = validate_fqdn(&t.target_host)
         && !is_ip(&t.target_host)

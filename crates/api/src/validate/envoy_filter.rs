@@ -61,7 +61,10 @@ pub(super) fn envoy_filter(ef: &EnvoyFilter, p: &FieldPath, e: &mut Errors) {
         };
         let op = patch.operation.unwrap_or(PatchOperation::Invalid);
         if op == PatchOperation::Invalid {
-            e.add(&pp.key("patch").key("operation"), "Envoy filter: missing patch operation");
+            e.add(
+                &pp.key("patch").key("operation"),
+                "Envoy filter: missing patch operation",
+            );
             continue;
         }
         if op != PatchOperation::Remove && patch.value.is_none() {
@@ -75,7 +78,8 @@ pub(super) fn envoy_filter(ef: &EnvoyFilter, p: &FieldPath, e: &mut Errors) {
             continue;
         };
         let mp = pp.key("match");
-        let has_object = m.listener.is_some() || m.route_configuration.is_some() || m.cluster.is_some();
+        let has_object =
+            m.listener.is_some() || m.route_configuration.is_some() || m.cluster.is_some();
         match apply_to {
             ApplyTo::Listener
             | ApplyTo::FilterChain
@@ -125,21 +129,19 @@ pub(super) fn envoy_filter(ef: &EnvoyFilter, p: &FieldPath, e: &mut Errors) {
                     }
                 }
             }
-            ApplyTo::RouteConfiguration | ApplyTo::VirtualHost | ApplyTo::HttpRoute => {
-                if has_object && m.route_configuration.is_none() {
-                    e.add(
-                        &mp,
-                        "Envoy filter: applyTo for http route class objects cannot have non route configuration match",
-                    );
-                }
+            ApplyTo::RouteConfiguration | ApplyTo::VirtualHost | ApplyTo::HttpRoute
+                if has_object && m.route_configuration.is_none() =>
+            {
+                e.add(
+                    &mp,
+                    "Envoy filter: applyTo for http route class objects cannot have non route configuration match",
+                );
             }
-            ApplyTo::Cluster => {
-                if has_object && m.cluster.is_none() {
-                    e.add(
-                        &mp,
-                        "Envoy filter: applyTo for cluster class objects cannot have non cluster match",
-                    );
-                }
+            ApplyTo::Cluster if has_object && m.cluster.is_none() => {
+                e.add(
+                    &mp,
+                    "Envoy filter: applyTo for cluster class objects cannot have non cluster match",
+                );
             }
             _ => {}
         }

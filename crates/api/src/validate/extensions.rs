@@ -13,7 +13,12 @@ static SHA256: LazyLock<Regex> =
     LazyLock::new(|| Regex::new("(^$|^[a-f0-9]{64}$)").unwrap_or_else(|e| panic!("{e}")));
 
 pub(super) fn telemetry(t: &Telemetry, p: &FieldPath, e: &mut Errors) {
-    e.policy_targets(p, t.selector.as_ref(), t.target_ref.as_ref(), &t.target_refs);
+    e.policy_targets(
+        p,
+        t.selector.as_ref(),
+        t.target_ref.as_ref(),
+        &t.target_refs,
+    );
     for (i, tr) in t.tracing.iter().enumerate() {
         let tp = p.key("tracing").index(i);
         for (j, prov) in tr.providers.iter().enumerate() {
@@ -34,7 +39,10 @@ pub(super) fn telemetry(t: &Telemetry, p: &FieldPath, e: &mut Errors) {
                 + usize::from(tag.header.is_some())
                 + usize::from(tag.formatter.is_some());
             if set > 1 {
-                e.add(&cp, "only one of literal, environment, header or formatter can be set");
+                e.add(
+                    &cp,
+                    "only one of literal, environment, header or formatter can be set",
+                );
             }
             if let Some(l) = &tag.literal {
                 e.min_len(&cp.key("literal").key("value"), &l.value, 1);
@@ -60,7 +68,10 @@ pub(super) fn telemetry(t: &Telemetry, p: &FieldPath, e: &mut Errors) {
             let op = mp.key("overrides").index(j);
             if let Some(sel) = &o.r#match {
                 if sel.metric.is_some() && sel.custom_metric.is_some() {
-                    e.add(&op.key("match"), "only one of metric or customMetric can be set");
+                    e.add(
+                        &op.key("match"),
+                        "only one of metric or customMetric can be set",
+                    );
                 }
                 if let Some(c) = &sel.custom_metric {
                     e.min_len(&op.key("match").key("customMetric"), c, 1);
@@ -93,7 +104,12 @@ pub(super) fn telemetry(t: &Telemetry, p: &FieldPath, e: &mut Errors) {
 }
 
 pub(super) fn wasm_plugin(w: &WasmPlugin, p: &FieldPath, e: &mut Errors) {
-    e.policy_targets(p, w.selector.as_ref(), w.target_ref.as_ref(), &w.target_refs);
+    e.policy_targets(
+        p,
+        w.selector.as_ref(),
+        w.target_ref.as_ref(),
+        &w.target_refs,
+    );
     let up = p.key("url");
     e.min_len(&up, &w.url, 1);
     if !w.url.is_empty() {
@@ -152,7 +168,10 @@ pub(super) fn wasm_plugin(w: &WasmPlugin, p: &FieldPath, e: &mut Errors) {
                 );
             }
             if !numbers.insert(port.number) {
-                e.add(&sp.index(j), format!("Duplicate value: {{\"number\":{}}}", port.number));
+                e.add(
+                    &sp.index(j),
+                    format!("Duplicate value: {{\"number\":{}}}", port.number),
+                );
             }
         }
     }

@@ -32,7 +32,10 @@ pub(super) fn gateway(gw: &Gateway, name: &str, p: &FieldPath, e: &mut Errors) {
         if !port_names.insert(s.port.name.as_str()) {
             e.add(
                 &sp.key("port").key("name"),
-                format!("port names in servers must be unique: duplicate name {}", s.port.name),
+                format!(
+                    "port names in servers must be unique: duplicate name {}",
+                    s.port.name
+                ),
             );
         }
     }
@@ -41,7 +44,10 @@ pub(super) fn gateway(gw: &Gateway, name: &str, p: &FieldPath, e: &mut Errors) {
 
 fn server(s: &Server, p: &FieldPath, e: &mut Errors) {
     if s.hosts.is_empty() {
-        e.add(&p.key("hosts"), "server config must contain at least one host");
+        e.add(
+            &p.key("hosts"),
+            "server config must contain at least one host",
+        );
     }
     for (i, host) in s.hosts.iter().enumerate() {
         namespace_slash_host(host, true, &p.key("hosts").index(i), e);
@@ -74,12 +80,18 @@ fn server(s: &Server, p: &FieldPath, e: &mut Errors) {
             if s.port.number != 0 {
                 e.add(
                     &p.key("bind"),
-                    format!("port number must be 0 for unix domain socket: {}", s.port.number),
+                    format!(
+                        "port number must be 0 for unix domain socket: {}",
+                        s.port.number
+                    ),
                 );
             }
             uds_address(e, &p.key("bind"), bind);
         } else if !bind.is_empty() && !is_ip(bind) {
-            e.add(&p.key("bind"), format!("{bind:?} is not a valid IP address"));
+            e.add(
+                &p.key("bind"),
+                format!("{bind:?} is not a valid IP address"),
+            );
         }
     }
     if let Some(tls) = &s.tls {
@@ -102,7 +114,10 @@ fn server(s: &Server, p: &FieldPath, e: &mut Errors) {
                 || set(&tls.private_key)
                 || set(&tls.server_certificate)
             {
-                e.add(p, "server cannot have TLS settings for plain text HTTP ports");
+                e.add(
+                    p,
+                    "server cannot have TLS settings for plain text HTTP ports",
+                );
             }
         }
     }
@@ -115,13 +130,22 @@ pub(super) fn server_tls(tls: &ServerTlsSettings, p: &FieldPath, e: &mut Errors)
     let has_certs = !tls.tls_certificates.is_empty();
     let has_name = tls.credential_name.is_some();
     if usize::from(has_certs) + usize::from(has_names) > 1 {
-        e.add(p, "only one of credentialNames or tlsCertificates can be set");
+        e.add(
+            p,
+            "only one of credentialNames or tlsCertificates can be set",
+        );
     }
     if usize::from(has_name) + usize::from(has_names) > 1 {
-        e.add(p, "only one of credentialName or credentialNames can be set");
+        e.add(
+            p,
+            "only one of credentialName or credentialNames can be set",
+        );
     }
     if usize::from(has_name) + usize::from(has_certs) > 1 {
-        e.add(p, "only one of credentialName or tlsCertificates can be set");
+        e.add(
+            p,
+            "only one of credentialName or tlsCertificates can be set",
+        );
     }
     e.max_items(&p.key("credentialNames"), &tls.credential_names, 2);
     e.max_items(&p.key("tlsCertificates"), &tls.tls_certificates, 2);
@@ -130,7 +154,10 @@ pub(super) fn server_tls(tls: &ServerTlsSettings, p: &FieldPath, e: &mut Errors)
     match tls.mode {
         Some(ServerTlsMode::IstioMutual) => {
             if set(&tls.server_certificate) {
-                e.add(p, "ISTIO_MUTUAL TLS cannot have associated server certificate");
+                e.add(
+                    p,
+                    "ISTIO_MUTUAL TLS cannot have associated server certificate",
+                );
             }
             if set(&tls.private_key) {
                 e.add(p, "ISTIO_MUTUAL TLS cannot have associated private key");
@@ -142,10 +169,16 @@ pub(super) fn server_tls(tls: &ServerTlsSettings, p: &FieldPath, e: &mut Errors)
                 e.add(p, "ISTIO_MUTUAL TLS cannot have associated credentialName");
             }
         }
-        Some(mode @ (ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)) => {
+        Some(
+            mode @ (ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual),
+        ) => {
             let remote = set(&tls.credential_name) || has_names;
             if !remote && !has_certs {
-                let name = if mode == ServerTlsMode::Simple { "SIMPLE" } else { "MUTUAL" };
+                let name = if mode == ServerTlsMode::Simple {
+                    "SIMPLE"
+                } else {
+                    "MUTUAL"
+                };
                 if !set(&tls.server_certificate) {
                     e.add(p, format!("{name} TLS requires a server certificate"));
                 }
@@ -185,7 +218,10 @@ fn namespace_slash_host(host: &str, is_gateway: bool, p: &FieldPath, e: &mut Err
         return;
     };
     if ns.is_empty() || dns.is_empty() {
-        e.add(p, "config namespace and dnsName in host entry cannot be empty");
+        e.add(
+            p,
+            "config namespace and dnsName in host entry cannot be empty",
+        );
     }
     let ns_ok = ns == "*" || ns == "." || (!is_gateway && ns == "~") || is_dns1123_label(ns);
     if !ns_ok && !ns.is_empty() {
@@ -233,12 +269,18 @@ pub(super) fn sidecar(sc: &Sidecar, p: &FieldPath, e: &mut Errors) {
             && !bind.is_empty()
             && !is_ip(bind)
         {
-            e.add(&ip.key("bind"), format!("{bind:?} is not a valid IP address"));
+            e.add(
+                &ip.key("bind"),
+                format!("{bind:?} is not a valid IP address"),
+            );
         }
         sidecar_port(&ing.port, &ip.key("port"), e);
         e.port(&ip.key("port").key("number"), port);
         if !ports.insert(port) {
-            e.add(&ip.key("port"), "sidecar: ports on IP bound listeners must be unique");
+            e.add(
+                &ip.key("port"),
+                "sidecar: ports on IP bound listeners must be unique",
+            );
         }
         if let Some(ep) = ing.default_endpoint.as_deref()
             && !ep.is_empty()
@@ -247,17 +289,24 @@ pub(super) fn sidecar(sc: &Sidecar, p: &FieldPath, e: &mut Errors) {
         }
         if let Some(tls) = &ing.tls {
             let tp = ip.key("tls");
-            if let Some(mode @ (ServerTlsMode::IstioMutual
-            | ServerTlsMode::AutoPassthrough
-            | ServerTlsMode::Passthrough)) = tls.mode
+            if let Some(
+                mode @ (ServerTlsMode::IstioMutual
+                | ServerTlsMode::AutoPassthrough
+                | ServerTlsMode::Passthrough),
+            ) = tls.mode
             {
                 e.add(
                     &tp.key("mode"),
-                    format!("configuration is invalid: cannot set mode to {mode} in sidecar ingress tls"),
+                    format!(
+                        "configuration is invalid: cannot set mode to {mode} in sidecar ingress tls"
+                    ),
                 );
             }
             if tls.credential_name.is_some() || !tls.credential_names.is_empty() {
-                e.add(&tp, "sidecar: credentialName is not supported in sidecar ingress tls");
+                e.add(
+                    &tp,
+                    "sidecar: credentialName is not supported in sidecar ingress tls",
+                );
             }
             server_tls(tls, &tp, e);
         }
@@ -274,7 +323,10 @@ pub(super) fn sidecar(sc: &Sidecar, p: &FieldPath, e: &mut Errors) {
         match &eg.port {
             None => {
                 if catch_all {
-                    e.add(&ep, "sidecar: egress can have only one listener with empty port");
+                    e.add(
+                        &ep,
+                        "sidecar: egress can have only one listener with empty port",
+                    );
                 } else if i == last {
                     catch_all = true;
                 } else {
@@ -297,28 +349,43 @@ pub(super) fn sidecar(sc: &Sidecar, p: &FieldPath, e: &mut Errors) {
                             "sidecar: ports with 0 value must have a unix domain socket bind address",
                         );
                     }
-                    if !matches!(eg.capture_mode, None | Some(CaptureMode::Default | CaptureMode::None)) {
+                    if !matches!(
+                        eg.capture_mode,
+                        None | Some(CaptureMode::Default | CaptureMode::None)
+                    ) {
                         e.add(
                             &ep.key("captureMode"),
                             "sidecar: captureMode must be DEFAULT/NONE for unix domain socket listeners",
                         );
                     }
                     if !uds.insert(bind) {
-                        e.add(&ep.key("bind"), "sidecar: unix domain socket values for listeners must be unique");
+                        e.add(
+                            &ep.key("bind"),
+                            "sidecar: unix domain socket values for listeners must be unique",
+                        );
                     }
                 } else {
                     if !bind.is_empty() && !is_ip(bind) {
-                        e.add(&ep.key("bind"), format!("{bind:?} is not a valid IP address"));
+                        e.add(
+                            &ep.key("bind"),
+                            format!("{bind:?} is not a valid IP address"),
+                        );
                     }
                     e.port(&ep.key("port").key("number"), number);
                     if !ports.insert(number) {
-                        e.add(&ep.key("port"), "sidecar: ports on IP bound listeners must be unique");
+                        e.add(
+                            &ep.key("port"),
+                            "sidecar: ports on IP bound listeners must be unique",
+                        );
                     }
                 }
             }
         }
         if eg.hosts.is_empty() {
-            e.add(&ep.key("hosts"), "sidecar: egress listener must contain at least one host");
+            e.add(
+                &ep.key("hosts"),
+                "sidecar: egress listener must contain at least one host",
+            );
         }
         for (j, host) in eg.hosts.iter().enumerate() {
             namespace_slash_host(host, false, &ep.key("hosts").index(j), e);
@@ -336,7 +403,10 @@ pub(super) fn sidecar(sc: &Sidecar, p: &FieldPath, e: &mut Errors) {
         }
         destination(proxy, &op.key("egressProxy"), e);
         if proxy.port.is_none() {
-            e.add(&op.key("egressProxy").key("port"), "sidecar: egress_proxy port must be non-nil");
+            e.add(
+                &op.key("egressProxy").key("port"),
+                "sidecar: egress_proxy port must be non-nil",
+            );
         }
     }
     if let Some(cp) = &sc.inbound_connection_pool {
@@ -345,15 +415,20 @@ pub(super) fn sidecar(sc: &Sidecar, p: &FieldPath, e: &mut Errors) {
 }
 
 fn sidecar_port(port: &SidecarPort, p: &FieldPath, e: &mut Errors) {
+    // Istio's examples always name sidecar ports, but an unnamed port is
+    // usable, so only a malformed name is refused.
     let name = port.name.as_deref().unwrap_or("");
-    if !is_dns1123_label(name) {
+    if !name.is_empty() && !is_dns1123_label(name) {
         e.add(&p.key("name"), format!("invalid port name: {name}"));
     }
     if let Some(proto) = port.protocol.as_deref()
         && !proto.is_empty()
         && parse_protocol(proto).is_none()
     {
-        e.add(&p.key("protocol"), format!("unrecognized protocol {proto:?}"));
+        e.add(
+            &p.key("protocol"),
+            format!("unrecognized protocol {proto:?}"),
+        );
     }
 }
 
@@ -375,6 +450,9 @@ fn default_endpoint(ep: &str, p: &FieldPath, e: &mut Errors) {
     }
     match port.parse::<u32>() {
         Ok(n) => e.port(p, n),
-        Err(_) => e.add(p, format!("sidecar: defaultEndpoint port ({port}) is not a number")),
+        Err(_) => e.add(
+            p,
+            format!("sidecar: defaultEndpoint port ({port}) is not a number"),
+        ),
     }
 }

@@ -21,7 +21,10 @@ pub(super) fn service(svc: &Service, p: &FieldPath, e: &mut Errors) {
         e.port(&ip.key("port"), number);
         match port.name.as_deref() {
             None | Some("") if ports.len() > 1 => {
-                e.add(&ip.key("name"), "Required value: port names are required when a Service has more than one port");
+                e.add(
+                    &ip.key("name"),
+                    "Required value: port names are required when a Service has more than one port",
+                );
             }
             Some(name) if !name.is_empty() => {
                 if !is_dns1123_label(name) {
@@ -42,9 +45,16 @@ pub(super) fn service(svc: &Service, p: &FieldPath, e: &mut Errors) {
             );
         }
         match &port.target_port {
-            Some(IntOrString::Int(n)) => e.port(&ip.key("targetPort"), u32::try_from(*n).unwrap_or(0)),
-            Some(IntOrString::String(s)) if s.is_empty() || s.len() > 15 || !is_dns1123_label(s) => {
-                e.add(&ip.key("targetPort"), format!("invalid target port name: {s:?}"));
+            Some(IntOrString::Int(n)) => {
+                e.port(&ip.key("targetPort"), u32::try_from(*n).unwrap_or(0))
+            }
+            Some(IntOrString::String(s))
+                if s.is_empty() || s.len() > 15 || !is_dns1123_label(s) =>
+            {
+                e.add(
+                    &ip.key("targetPort"),
+                    format!("invalid target port name: {s:?}"),
+                );
             }
             _ => {}
         }

@@ -33,7 +33,12 @@ pub(super) fn peer_authentication(pa: &PeerAuthentication, p: &FieldPath, e: &mu
 }
 
 pub(super) fn request_authentication(ra: &RequestAuthentication, p: &FieldPath, e: &mut Errors) {
-    e.policy_targets(p, ra.selector.as_ref(), ra.target_ref.as_ref(), &ra.target_refs);
+    e.policy_targets(
+        p,
+        ra.selector.as_ref(),
+        ra.target_ref.as_ref(),
+        &ra.target_refs,
+    );
     let jp = p.key("jwtRules");
     e.max_items(&jp, &ra.jwt_rules, 4096);
     for (i, rule) in ra.jwt_rules.iter().enumerate() {
@@ -79,7 +84,12 @@ fn jwt_rule(r: &JwtRule, p: &FieldPath, e: &mut Errors) {
         e.min_len(&cp.key("claim"), &c.claim, 1);
         e.min_len(&cp.key("header"), &c.header, 1);
         if !c.header.is_empty() {
-            e.pattern(&cp.key("header"), &c.header, &CLAIM_HEADER, "^[-_A-Za-z0-9]+$");
+            e.pattern(
+                &cp.key("header"),
+                &c.header,
+                &CLAIM_HEADER,
+                "^[-_A-Za-z0-9]+$",
+            );
         }
     }
     if let Some(h) = r.output_payload_to_header.as_deref()
@@ -115,7 +125,10 @@ const ATTRIBUTES: &[&str] = &[
 ];
 
 fn map_key(key: &str) -> bool {
-    key.ends_with(']') && key.find('[').is_some_and(|open| open > 0 && open < key.len() - 2)
+    key.ends_with(']')
+        && key
+            .find('[')
+            .is_some_and(|open| open > 0 && open < key.len() - 2)
 }
 
 fn valid_port(p: &str) -> bool {
@@ -123,14 +136,28 @@ fn valid_port(p: &str) -> bool {
 }
 
 pub(super) fn authorization_policy(ap: &AuthorizationPolicy, p: &FieldPath, e: &mut Errors) {
-    e.policy_targets(p, ap.selector.as_ref(), ap.target_ref.as_ref(), &ap.target_refs);
+    e.policy_targets(
+        p,
+        ap.selector.as_ref(),
+        ap.target_ref.as_ref(),
+        &ap.target_refs,
+    );
     let custom = ap.action == Some(Action::Custom);
     match (&ap.provider, custom) {
-        (None, true) => e.add(&p.key("provider"), "must specify provider when using CUSTOM action"),
+        (None, true) => e.add(
+            &p.key("provider"),
+            "must specify provider when using CUSTOM action",
+        ),
         (Some(prov), true) if prov.name.as_deref().unwrap_or("").is_empty() => {
-            e.add(&p.key("provider").key("name"), "must specify provider when using CUSTOM action");
+            e.add(
+                &p.key("provider").key("name"),
+                "must specify provider when using CUSTOM action",
+            );
         }
-        (Some(_), false) => e.add(&p.key("provider"), "provider can only be used with the CUSTOM action"),
+        (Some(_), false) => e.add(
+            &p.key("provider"),
+            "provider can only be used with the CUSTOM action",
+        ),
         _ => {}
     }
     let rp = p.key("rules");
@@ -141,7 +168,10 @@ pub(super) fn authorization_policy(ap: &AuthorizationPolicy, p: &FieldPath, e: &
         for (j, from) in rule.from.iter().enumerate() {
             let fp = rule_p.key("from").index(j);
             let Some(src) = &from.source else {
-                e.add(&fp.key("source"), format!("`from.source` must not be nil, found at rule {i}"));
+                e.add(
+                    &fp.key("source"),
+                    format!("`from.source` must not be nil, found at rule {i}"),
+                );
                 continue;
             };
             let sp = fp.key("source");
@@ -162,7 +192,10 @@ pub(super) fn authorization_policy(ap: &AuthorizationPolicy, p: &FieldPath, e: &
                 ("notTrustDomains", &src.not_trust_domains),
             ];
             if lists.iter().all(|(_, l)| l.is_empty()) {
-                e.add(&sp, format!("`from.source` must not be empty, found at rule {i}"));
+                e.add(
+                    &sp,
+                    format!("`from.source` must not be empty, found at rule {i}"),
+                );
             }
             if (!src.service_accounts.is_empty() || !src.not_service_accounts.is_empty())
                 && (!src.principals.is_empty()
@@ -170,7 +203,10 @@ pub(super) fn authorization_policy(ap: &AuthorizationPolicy, p: &FieldPath, e: &
                     || !src.namespaces.is_empty()
                     || !src.not_namespaces.is_empty())
             {
-                e.add(&sp, "Cannot set serviceAccounts with namespaces or principals");
+                e.add(
+                    &sp,
+                    "Cannot set serviceAccounts with namespaces or principals",
+                );
             }
             for (field, list) in lists {
                 for (k, v) in list.iter().enumerate() {
@@ -201,7 +237,10 @@ pub(super) fn authorization_policy(ap: &AuthorizationPolicy, p: &FieldPath, e: &
             ] {
                 for (k, v) in list.iter().enumerate() {
                     if !v.is_empty() && !is_ip_or_cidr(v) {
-                        e.add(&sp.key(field).index(k), format!("invalid IP address or CIDR range: {v}"));
+                        e.add(
+                            &sp.key(field).index(k),
+                            format!("invalid IP address or CIDR range: {v}"),
+                        );
                     }
                 }
             }
@@ -209,7 +248,10 @@ pub(super) fn authorization_policy(ap: &AuthorizationPolicy, p: &FieldPath, e: &
         for (j, to) in rule.to.iter().enumerate() {
             let tp = rule_p.key("to").index(j);
             let Some(op) = &to.operation else {
-                e.add(&tp.key("operation"), format!("`to.operation` must not be nil, found at rule {i}"));
+                e.add(
+                    &tp.key("operation"),
+                    format!("`to.operation` must not be nil, found at rule {i}"),
+                );
                 continue;
             };
             let opp = tp.key("operation");
@@ -224,7 +266,10 @@ pub(super) fn authorization_policy(ap: &AuthorizationPolicy, p: &FieldPath, e: &
                 ("notPaths", &op.not_paths),
             ];
             if lists.iter().all(|(_, l)| l.is_empty()) {
-                e.add(&opp, format!("`to.operation` must not be empty, found at rule {i}"));
+                e.add(
+                    &opp,
+                    format!("`to.operation` must not be empty, found at rule {i}"),
+                );
             }
             for (field, list) in lists {
                 for (k, v) in list.iter().enumerate() {
@@ -263,7 +308,10 @@ pub(super) fn authorization_policy(ap: &AuthorizationPolicy, p: &FieldPath, e: &
                     || key.starts_with("request.auth.claims[")
                     || key.starts_with("experimental.envoy.filters.")
                 {
-                    e.add(&cp.key("key"), format!("bad key ({key}): should have format a[b]"));
+                    e.add(
+                        &cp.key("key"),
+                        format!("bad key ({key}): should have format a[b]"),
+                    );
                 } else {
                     e.add(&cp.key("key"), format!("unknown attribute: {key}"));
                 }
@@ -277,7 +325,10 @@ pub(super) fn authorization_policy(ap: &AuthorizationPolicy, p: &FieldPath, e: &
                             e.add(&vp, format!("invalid `value` for `key` {key}: invalid IP address or CIDR range: {v}"));
                         }
                         "destination.port" if !valid_port(v) => {
-                            e.add(&vp, format!("invalid `value` for `key` {key}: invalid port: {v}"));
+                            e.add(
+                                &vp,
+                                format!("invalid `value` for `key` {key}: invalid port: {v}"),
+                            );
                         }
                         _ => {}
                     }

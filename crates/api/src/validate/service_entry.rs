@@ -2,13 +2,10 @@
 
 use super::Errors;
 use super::common::{
-    is_ip, is_ip_or_cidr, parse_protocol, uds_address, validate_fqdn,
-    validate_wildcard_domain,
+    is_ip, is_ip_or_cidr, parse_protocol, uds_address, validate_fqdn, validate_wildcard_domain,
 };
 use crate::error::FieldPath;
-use crate::networking::{
-    ReadinessProbe, Resolution, ServiceEntry, WorkloadEntry, WorkloadGroup,
-};
+use crate::networking::{ReadinessProbe, Resolution, ServiceEntry, WorkloadEntry, WorkloadGroup};
 use regex::Regex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
@@ -28,7 +25,10 @@ pub(super) fn service_entry(se: &ServiceEntry, ns: &str, p: &FieldPath, e: &mut 
     if se.addresses.iter().any(|a| a.contains('/'))
         && !matches!(resolution, Resolution::Static | Resolution::None)
     {
-        e.add(p, "CIDR addresses are allowed only for NONE/STATIC resolution types");
+        e.add(
+            p,
+            "CIDR addresses are allowed only for NONE/STATIC resolution types",
+        );
     }
     if resolution == Resolution::None && !se.endpoints.is_empty() {
         e.add(p, "NONE mode cannot set endpoints");
@@ -55,7 +55,10 @@ pub(super) fn service_entry(se: &ServiceEntry, ns: &str, p: &FieldPath, e: &mut 
     for (i, addr) in se.addresses.iter().enumerate() {
         e.max_len(&ap.index(i), addr, 64);
         if !is_ip_or_cidr(addr) {
-            e.add(&ap.index(i), format!("invalid address {addr:?}: expected an IP or CIDR"));
+            e.add(
+                &ap.index(i),
+                format!("invalid address {addr:?}: expected an IP or CIDR"),
+            );
         }
     }
 
@@ -66,7 +69,10 @@ pub(super) fn service_entry(se: &ServiceEntry, ns: &str, p: &FieldPath, e: &mut 
     for (i, port) in se.ports.iter().enumerate() {
         let ip = pp.index(i);
         if !names.insert(port.name.as_str()) {
-            e.add(&ip, format!("Duplicate value: {{\"name\":{:?}}}", port.name));
+            e.add(
+                &ip,
+                format!("Duplicate value: {{\"name\":{:?}}}", port.name),
+            );
         }
         *numbers.entry(port.number).or_insert(0usize) += 1;
         e.max_len(&ip.key("name"), &port.name, 256);
@@ -80,7 +86,10 @@ pub(super) fn service_entry(se: &ServiceEntry, ns: &str, p: &FieldPath, e: &mut 
         if let Some(proto) = port.protocol.as_deref() {
             e.max_len(&ip.key("protocol"), proto, 256);
             if !proto.is_empty() && parse_protocol(proto).is_none() {
-                e.add(&ip.key("protocol"), format!("unrecognized protocol {proto:?}"));
+                e.add(
+                    &ip.key("protocol"),
+                    format!("unrecognized protocol {proto:?}"),
+                );
             }
         }
     }
@@ -157,7 +166,11 @@ fn workload_entry_fields(we: &WorkloadEntry, p: &FieldPath, require_address: boo
     }
     let pp = p.key("ports");
     e.max_properties(&pp, &we.ports, 128);
-    if we.ports.keys().any(|k| k.len() >= 63 || !PORT_NAME.is_match(k)) {
+    if we
+        .ports
+        .keys()
+        .any(|k| k.len() >= 63 || !PORT_NAME.is_match(k))
+    {
         e.add(&pp, "port name must be valid");
     }
     for (name, port) in &we.ports {

@@ -106,7 +106,10 @@ fn gateway_names(p: &FieldPath, names: &[String], e: &mut Errors) {
 fn http_route(r: &HttpRoute, is_delegate: bool, p: &FieldPath, e: &mut Errors) {
     if let Some(d) = &r.delegate {
         if is_delegate {
-            e.add(&p.key("delegate"), "delegate virtual service cannot have delegate");
+            e.add(
+                &p.key("delegate"),
+                "delegate virtual service cannot have delegate",
+            );
         }
         match d.name.as_deref() {
             None | Some("") => e.add(&p.key("delegate").key("name"), "delegate name is required"),
@@ -134,20 +137,32 @@ fn http_route(r: &HttpRoute, is_delegate: bool, p: &FieldPath, e: &mut Errors) {
     } else {
         let has_route = !r.route.is_empty();
         if !has_route && r.redirect.is_none() && r.direct_response.is_none() {
-            e.add(p, "HTTP route, redirect, directResponse or delegate is required");
+            e.add(
+                p,
+                "HTTP route, redirect, directResponse or delegate is required",
+            );
         }
         if has_route && r.redirect.is_some() {
             e.add(p, "HTTP route cannot contain both route and redirect");
         }
         if has_route && r.direct_response.is_some() {
-            e.add(p, "HTTP route cannot contain both route and direct response");
+            e.add(
+                p,
+                "HTTP route cannot contain both route and direct response",
+            );
         }
         if r.redirect.is_some() && r.direct_response.is_some() {
-            e.add(p, "HTTP route cannot contain both redirect and direct response");
+            e.add(
+                p,
+                "HTTP route cannot contain both redirect and direct response",
+            );
         }
     }
     if r.rewrite.is_some() && r.redirect.is_some() {
-        e.add(p, "HTTP route rule cannot contain both rewrite and redirect");
+        e.add(
+            p,
+            "HTTP route rule cannot contain both rewrite and redirect",
+        );
     }
     if r.mirror.is_some() && !r.mirrors.is_empty() {
         e.add(p, "HTTP route cannot contain both mirror and mirrors");
@@ -180,7 +195,8 @@ fn http_route(r: &HttpRoute, is_delegate: bool, p: &FieldPath, e: &mut Errors) {
             {
                 e.add(&bp.key("bytes"), "Invalid value: must be base64 encoded");
             }
-            let size = body.string.as_ref().map_or(0, String::len) + body.bytes.as_ref().map_or(0, String::len);
+            let size = body.string.as_ref().map_or(0, String::len)
+                + body.bytes.as_ref().map_or(0, String::len);
             if size > 1024 * 1024 {
                 e.add(&bp, "large direct_responses may impact control plane performance, must be less than 1MB");
             }
@@ -209,7 +225,10 @@ fn http_route(r: &HttpRoute, is_delegate: bool, p: &FieldPath, e: &mut Errors) {
     if let Some(pct) = r.mirror_percent
         && pct > 100
     {
-        e.add(&p.key("mirrorPercent"), "mirror_percent must have a max value of 100");
+        e.add(
+            &p.key("mirrorPercent"),
+            "mirror_percent must have a max value of 100",
+        );
     }
     if let Some(pct) = &r.mirror_percentage {
         percent(pct, &p.key("mirrorPercentage"), e);
@@ -233,11 +252,17 @@ fn header_operations(ops: &HeaderOperations, p: &FieldPath, request: bool, e: &m
         if name.is_empty() {
             e.add(p, "header name cannot be empty");
         } else if let Some(pseudo) = name.strip_prefix(':') {
-            if !(request && pseudo.eq_ignore_ascii_case("authority")) || !is_header_name(pseudo) {
-                e.add(p, format!("invalid header {name:?}: pseudo-headers cannot be modified"));
+            if !(request && pseudo.eq_ignore_ascii_case("authority")) {
+                e.add(
+                    p,
+                    format!("invalid header {name:?}: pseudo-headers cannot be modified"),
+                );
             }
         } else if !is_header_name(name) {
-            e.add(p, format!("header name {name:?} is not a valid header name"));
+            e.add(
+                p,
+                format!("header name {name:?} is not a valid header name"),
+            );
         }
     };
     for name in ops.set.keys() {
@@ -270,13 +295,21 @@ fn string_match(m: Option<&StringMatch>, p: &FieldPath, e: &mut Errors) {
     }
 }
 
-fn string_match_map(m: &BTreeMap<String, Option<StringMatch>>, p: &FieldPath, header: bool, e: &mut Errors) {
+fn string_match_map(
+    m: &BTreeMap<String, Option<StringMatch>>,
+    p: &FieldPath,
+    header: bool,
+    e: &mut Errors,
+) {
     for (name, sm) in m {
         let mp = p.key(name);
         if name.is_empty() {
             e.add(&mp, "name cannot be empty");
         } else if header && !name.starts_with("@request.auth.claims") && !is_header_name(name) {
-            e.add(&mp, format!("header name {name:?} is not a valid header name"));
+            e.add(
+                &mp,
+                format!("header name {name:?} is not a valid header name"),
+            );
         }
         string_match(sm.as_ref(), &mp, e);
     }
@@ -301,14 +334,20 @@ fn http_match(m: &HttpMatchRequest, p: &FieldPath, e: &mut Errors) {
         && !ns.is_empty()
         && !is_dns1123_label(ns)
     {
-        e.add(&p.key("sourceNamespace"), format!("invalid sourceNamespace {ns:?}"));
+        e.add(
+            &p.key("sourceNamespace"),
+            format!("invalid sourceNamespace {ns:?}"),
+        );
     }
 }
 
 /// Istio's `validateDestination`.
 pub(super) fn destination(d: &Destination, p: &FieldPath, e: &mut Errors) {
     if d.host == "*" {
-        e.add(&p.key("host"), format!("invalid destination host {}", d.host));
+        e.add(
+            &p.key("host"),
+            format!("invalid destination host {}", d.host),
+        );
     } else if let Err(msg) = validate_wildcard_domain(&d.host) {
         e.add(&p.key("host"), msg);
     }
@@ -316,7 +355,10 @@ pub(super) fn destination(d: &Destination, p: &FieldPath, e: &mut Errors) {
         if subset.is_empty() {
             e.add(&p.key("subset"), "subset name cannot be empty");
         } else if !is_dns1123_label(subset) {
-            e.add(&p.key("subset"), format!("subset name is invalid: {subset}"));
+            e.add(
+                &p.key("subset"),
+                format!("subset name is invalid: {subset}"),
+            );
         }
     }
     if let Some(port) = &d.port {
@@ -387,12 +429,18 @@ fn http_redirect(r: &HttpRedirect, p: &FieldPath, e: &mut Errors) {
         && scheme != "http"
         && scheme != "https"
     {
-        e.add(&p.key("scheme"), r#"invalid redirect scheme, must be "http" or "https""#);
+        e.add(
+            &p.key("scheme"),
+            r#"invalid redirect scheme, must be "http" or "https""#,
+        );
     }
     if let Some(port) = r.port
         && port > 65535
     {
-        e.add(&p.key("port"), format!("redirect port {port} must be in the range 1..65535"));
+        e.add(
+            &p.key("port"),
+            format!("redirect port {port} must be in the range 1..65535"),
+        );
     }
 }
 
@@ -432,7 +480,9 @@ fn http_retry(r: &HttpRetry, p: &FieldPath, e: &mut Errors) {
         && !on.is_empty()
     {
         for policy in on.split(',') {
-            let is_status = policy.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c));
+            let is_status = policy
+                .parse::<u16>()
+                .is_ok_and(|c| (100..=599).contains(&c));
             if !is_status && !RETRY_ON_POLICIES.contains(&policy) {
                 e.add(
                     &p.key("retryOn"),
@@ -453,7 +503,10 @@ fn fault_injection(f: &HttpFaultInjection, p: &FieldPath, e: &mut Errors) {
             + usize::from(a.grpc_status.is_some())
             + usize::from(a.http2_error.is_some());
         if set > 1 {
-            e.add(&ap, "only one of httpStatus, grpcStatus or http2Error can be set");
+            e.add(
+                &ap,
+                "only one of httpStatus, grpcStatus or http2Error can be set",
+            );
         }
         if let Some(pct) = &a.percentage {
             percent(pct, &ap.key("percentage"), e);
@@ -467,7 +520,10 @@ fn fault_injection(f: &HttpFaultInjection, p: &FieldPath, e: &mut Errors) {
             );
         }
         if a.http2_error.is_some() {
-            e.add(&ap.key("http2Error"), "HTTP/2 abort fault injection not supported yet");
+            e.add(
+                &ap.key("http2Error"),
+                "HTTP/2 abort fault injection not supported yet",
+            );
         }
     }
     if let Some(d) = &f.delay {
@@ -481,12 +537,18 @@ fn fault_injection(f: &HttpFaultInjection, p: &FieldPath, e: &mut Errors) {
         if let Some(pct) = d.percent
             && !(0..=100).contains(&pct)
         {
-            e.add(&dp.key("percent"), format!("percentage {pct} is not in range [0, 100]"));
+            e.add(
+                &dp.key("percent"),
+                format!("percentage {pct} is not in range [0, 100]"),
+            );
         }
         e.duration_min_1ms(&dp.key("fixedDelay"), d.fixed_delay.as_ref());
         e.duration_min_1ms(&dp.key("exponentialDelay"), d.exponential_delay.as_ref());
         if d.exponential_delay.is_some() {
-            e.add(&dp.key("exponentialDelay"), "exponentialDelay not supported yet");
+            e.add(
+                &dp.key("exponentialDelay"),
+                "exponentialDelay not supported yet",
+            );
         }
     }
 }
@@ -503,7 +565,10 @@ fn cors_policy(c: &CorsPolicy, p: &FieldPath, e: &mut Errors) {
             );
         }
     }
-    for (field, list) in [("allowHeaders", &c.allow_headers), ("exposeHeaders", &c.expose_headers)] {
+    for (field, list) in [
+        ("allowHeaders", &c.allow_headers),
+        ("exposeHeaders", &c.expose_headers),
+    ] {
         for (i, h) in list.iter().enumerate() {
             if h != "*" && !is_header_name(h) {
                 e.add(
@@ -529,7 +594,10 @@ fn l4_match(m: &L4MatchAttributes, p: &FieldPath, e: &mut Errors) {
         && !s.is_empty()
         && !is_ip_or_cidr(s)
     {
-        e.add(&p.key("sourceSubnet"), format!("invalid source subnet {s:?}"));
+        e.add(
+            &p.key("sourceSubnet"),
+            format!("invalid source subnet {s:?}"),
+        );
     }
     if let Some(port) = m.port
         && port != 0
@@ -552,12 +620,18 @@ fn tcp_route(r: &TcpRoute, p: &FieldPath, e: &mut Errors) {
 
 fn tls_route(r: &TlsRoute, vs: &VirtualService, p: &FieldPath, e: &mut Errors) {
     if r.r#match.is_empty() {
-        e.add(&p.key("match"), "TLS route must have at least one match condition");
+        e.add(
+            &p.key("match"),
+            "TLS route must have at least one match condition",
+        );
     }
     for (i, m) in r.r#match.iter().enumerate() {
         let mp = p.key("match").index(i);
         if m.sni_hosts.is_empty() {
-            e.add(&mp.key("sniHosts"), "TLS match must have at least one SNI host");
+            e.add(
+                &mp.key("sniHosts"),
+                "TLS match must have at least one SNI host",
+            );
         }
         for (j, sni) in m.sni_hosts.iter().enumerate() {
             let sp = mp.key("sniHosts").index(j);

@@ -87,10 +87,15 @@ pub fn clusters(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
         }
         if proxy.interception == InterceptionMode::Redirect {
             out.push(original_dst_cluster(PASSTHROUGH_CLUSTER, None));
-            out.push(original_dst_cluster(INBOUND_PASSTHROUGH_CLUSTER, Some(INBOUND_SOURCE)));
+            out.push(original_dst_cluster(
+                INBOUND_PASSTHROUGH_CLUSTER,
+                Some(INBOUND_SOURCE),
+            ));
             let black_hole = Cluster {
                 name: BLACK_HOLE_CLUSTER.to_string(),
-                cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+                cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+                    DiscoveryType::Static as i32,
+                )),
                 connect_timeout: Some(duration(CONNECT_TIMEOUT)),
                 ..Default::default()
             };
@@ -122,7 +127,9 @@ fn bind_config(source: IpAddr) -> BindConfig {
 fn original_dst_cluster(name: &str, source: Option<IpAddr>) -> Resource {
     let cluster = Cluster {
         name: name.to_string(),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32)),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        )),
         lb_policy: LbPolicy::ClusterProvided as i32,
         connect_timeout: Some(duration(CONNECT_TIMEOUT)),
         upstream_bind_config: source.map(bind_config),

@@ -6,23 +6,24 @@ use std::net::IpAddr;
 use mizzen_xds::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
-use mizzen_xds::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
-use mizzen_xds::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
-use mizzen_xds::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
-use mizzen_xds::pb::google::protobuf::{BoolValue, UInt32Value};
 use mizzen_xds::pb::envoy::config::route::v3::RouteConfiguration;
 use mizzen_xds::pb::envoy::extensions::filters::http::router::v3::Router;
+use mizzen_xds::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
+use mizzen_xds::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use mizzen_xds::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager::CodecType,
     http_connection_manager::RouteSpecifier, http_filter,
 };
+use mizzen_xds::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use mizzen_xds::pb::google::protobuf::{BoolValue, UInt32Value};
 use mizzen_xds::server::Resource;
 
 use super::cluster::{
-    BLACK_HOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, inbound_ports, socket_address,
+    BLACK_HOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, inbound_ports,
+    socket_address,
 };
-use super::{inbound_cluster_name, outbound_cluster_name};
 use super::{HTTP_PROXY_ROUTE, OUTBOUND_PORT, ads_config_source, resource, route};
+use super::{inbound_cluster_name, outbound_cluster_name};
 use crate::model::{Model, OutboundPolicy, Protocol};
 use crate::node::{InterceptionMode, ProxyNode};
 
@@ -32,7 +33,7 @@ const ROUTER: &str = "envoy.filters.http.router";
 /// Where a listener's HTTP connection manager gets its routes.
 pub enum Routes {
     Rds(String),
-    Inline(RouteConfiguration),
+    Inline(Box<RouteConfiguration>),
 }
 
 pub fn http_connection_manager(
@@ -45,7 +46,7 @@ pub fn http_connection_manager(
             config_source: Some(ads_config_source()),
             route_config_name: name,
         }),
-        Routes::Inline(config) => RouteSpecifier::RouteConfig(config),
+        Routes::Inline(config) => RouteSpecifier::RouteConfig(*config),
     };
     let hcm = HttpConnectionManager {
         stat_prefix,
@@ -104,7 +105,7 @@ pub fn sidecar_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
 fn explicit_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
     let mut out = Vec::new();
     for port in inbound_ports(model, proxy).into_keys() {
-        let routes = Routes::Inline(route::inbound_route_config(port));
+        let routes = Routes::Inline(Box::new(route::inbound_route_config(port)));
         out.push(listener(
             format!("{}_{port}", proxy.ip),
             proxy.ip,
@@ -176,7 +177,13 @@ fn http_protocols() -> FilterChainMatch {
 
 /// A listener that only receives connections handed over by the 15001 or
 /// 15006 listener (Envoy's `bind_to_port: false`).
-fn virtual_listener(name: String, address: IpAddr, port: u16, chains: Vec<FilterChain>, sniff: bool) -> Resource {
+fn virtual_listener(
+    name: String,
+    address: IpAddr,
+    port: u16,
+    chains: Vec<FilterChain>,
+    sniff: bool,
+) -> Resource {
     let listener = Listener {
         name: name.clone(),
         address: Some(socket_address(address, port)),
@@ -184,7 +191,10 @@ fn virtual_listener(name: String, address: IpAddr, port: u16, chains: Vec<Filter
         bind_to_port: Some(BoolValue { value: false }),
         traffic_direction: TrafficDirection::Outbound as i32,
         listener_filters: if sniff {
-            vec![listener_filter(HTTP_INSPECTOR, mizzen_xds::pack(&HttpInspector::default()))]
+            vec![listener_filter(
+                HTTP_INSPECTOR,
+                mizzen_xds::pack(&HttpInspector::default()),
+            )]
         } else {
             Vec::new()
         },
@@ -244,7 +254,11 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
                                 false,
                             ),
                         ),
-                        chain(format!("{name}-tcp"), None, tcp_proxy(&stat_prefix, &cluster)),
+                        chain(
+                            format!("{name}-tcp"),
+                            None,
+                            tcp_proxy(&stat_prefix, &cluster),
+                        ),
                     ];
                     out.push(virtual_listener(name, vip, port.port, chains, true));
                 }
@@ -260,7 +274,11 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
         let chains = vec![chain(
             name.clone(),
             None,
-            http_connection_manager(format!("outbound_0.0.0.0_{port}"), Routes::Rds(port.to_string()), false),
+            http_connection_manager(
+                format!("outbound_0.0.0.0_{port}"),
+                Routes::Rds(port.to_string()),
+                false,
+            ),
         )];
         out.push(virtual_listener(name, any, port, chains, false));
     }
@@ -269,23 +287,39 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
     for (port, protocol) in inbound_ports(model, proxy) {
         let cluster = inbound_cluster_name(port);
         let on_port = |extra: Option<FilterChainMatch>| FilterChainMatch {
-            destination_port: Some(UInt32Value { value: u32::from(port) }),
+            destination_port: Some(UInt32Value {
+                value: u32::from(port),
+            }),
             ..extra.unwrap_or_default()
         };
         let hcm = || {
             http_connection_manager(
                 format!("inbound_0.0.0.0_{port}"),
-                Routes::Inline(route::inbound_route_config(port)),
+                Routes::Inline(Box::new(route::inbound_route_config(port))),
                 false,
             )
         };
         match protocol {
-            p if p.is_http() => chains.push(chain(format!("0.0.0.0_{port}"), Some(on_port(None)), hcm())),
-            Protocol::Unspecified => {
-                chains.push(chain(format!("0.0.0.0_{port}-http"), Some(on_port(Some(http_protocols()))), hcm()));
-                chains.push(chain(format!("0.0.0.0_{port}-tcp"), Some(on_port(None)), tcp_proxy(&cluster, &cluster)));
+            p if p.is_http() => {
+                chains.push(chain(format!("0.0.0.0_{port}"), Some(on_port(None)), hcm()))
             }
-            _ => chains.push(chain(format!("0.0.0.0_{port}"), Some(on_port(None)), tcp_proxy(&cluster, &cluster))),
+            Protocol::Unspecified => {
+                chains.push(chain(
+                    format!("0.0.0.0_{port}-http"),
+                    Some(on_port(Some(http_protocols()))),
+                    hcm(),
+                ));
+                chains.push(chain(
+                    format!("0.0.0.0_{port}-tcp"),
+                    Some(on_port(None)),
+                    tcp_proxy(&cluster, &cluster),
+                ));
+            }
+            _ => chains.push(chain(
+                format!("0.0.0.0_{port}"),
+                Some(on_port(None)),
+                tcp_proxy(&cluster, &cluster),
+            )),
         }
     }
     chains.push(chain(

@@ -8,8 +8,8 @@ use mizzen_xds::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
 use mizzen_xds::pb::envoy::config::route::v3::{
-    DirectResponseAction, HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
-    WeightedCluster, header_matcher::HeaderMatchSpecifier, route::Action,
+    DirectResponseAction, HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch,
+    VirtualHost, WeightedCluster, header_matcher::HeaderMatchSpecifier, route::Action,
     route_action::ClusterSpecifier, route_match::PathSpecifier, weighted_cluster::ClusterWeight,
 };
 use mizzen_xds::pb::envoy::r#type::matcher::v3::{
@@ -17,8 +17,8 @@ use mizzen_xds::pb::envoy::r#type::matcher::v3::{
 };
 use mizzen_xds::server::Resource;
 
-use super::{HTTP_PROXY_ROUTE, duration, inbound_cluster_name, outbound_cluster_name, resource};
 use super::cluster::PASSTHROUGH_CLUSTER;
+use super::{HTTP_PROXY_ROUTE, duration, inbound_cluster_name, outbound_cluster_name, resource};
 use crate::model::{Config, Model, OutboundPolicy, Service};
 use crate::node::ProxyNode;
 
@@ -92,7 +92,9 @@ pub fn sidecar_routes(model: &Model, proxy: &ProxyNode, names: &[String]) -> Vec
             }
         }
         if !explicit {
-            virtual_hosts.push(catch_all(model.outbound_policy(&proxy.namespace, &proxy.labels)));
+            virtual_hosts.push(catch_all(
+                model.outbound_policy(&proxy.namespace, &proxy.labels),
+            ));
         }
         let config = RouteConfiguration {
             name: name.clone(),
@@ -107,12 +109,7 @@ pub fn sidecar_routes(model: &Model, proxy: &ProxyNode, names: &[String]) -> Vec
 
 /// The names a client in `namespace` may use for a service: the short name
 /// only from its own namespace, as Kubernetes DNS search paths allow.
-fn service_domains(
-    service: &Service,
-    port: u16,
-    namespace: &str,
-    portless: bool,
-) -> Vec<String> {
+fn service_domains(service: &Service, port: u16, namespace: &str, portless: bool) -> Vec<String> {
     let mut hosts = Vec::new();
     if service.namespace == namespace {
         hosts.push(service.name.clone());
