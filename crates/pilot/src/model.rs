@@ -181,6 +181,9 @@ pub struct Model {
     pub sidecars: Vec<Config<mizzen_api::networking::Sidecar>>,
     /// Config that is valid but that the model could not use, for humans.
     pub warnings: Vec<String>,
+    /// Whether some VirtualService injects faults: connection managers then
+    /// carry the fault filter.
+    pub fault_injection: bool,
 }
 
 impl Model {
@@ -225,6 +228,10 @@ impl Model {
             .workloads
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         model.allocate_addresses();
+        model.fault_injection = model
+            .virtual_services
+            .iter()
+            .any(|vs| vs.spec.http.iter().any(|h| h.fault.is_some()));
         model
     }
 

@@ -7,6 +7,7 @@ use mizzen_xds::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
 use mizzen_xds::pb::envoy::config::route::v3::RouteConfiguration;
+use mizzen_xds::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use mizzen_xds::pb::envoy::extensions::filters::http::router::v3::Router;
 use mizzen_xds::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use mizzen_xds::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
@@ -40,6 +41,7 @@ pub fn http_connection_manager(
     stat_prefix: String,
     routes: Routes,
     explicit_proxy: bool,
+    fault: bool,
 ) -> Filter {
     let route_specifier = match routes {
         Routes::Rds(name) => RouteSpecifier::Rds(Rds {
@@ -52,13 +54,23 @@ pub fn http_connection_manager(
         stat_prefix,
         codec_type: CodecType::Auto as i32,
         route_specifier: Some(route_specifier),
-        http_filters: vec![HttpFilter {
-            name: ROUTER.to_string(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(mizzen_xds::pack(
-                &Router::default(),
-            ))),
-            ..Default::default()
-        }],
+        http_filters: fault
+            .then(|| HttpFilter {
+                name: route::FAULT_FILTER.to_string(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(mizzen_xds::pack(
+                    &HttpFault::default(),
+                ))),
+                ..Default::default()
+            })
+            .into_iter()
+            .chain([HttpFilter {
+                name: ROUTER.to_string(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(mizzen_xds::pack(
+                    &Router::default(),
+                ))),
+                ..Default::default()
+            }])
+            .collect(),
         http_protocol_options: explicit_proxy.then(|| Http1ProtocolOptions {
             allow_absolute_url: Some(mizzen_xds::pb::google::protobuf::BoolValue { value: true }),
             ..Default::default()
@@ -111,7 +123,12 @@ fn explicit_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
             proxy.ip,
             port,
             TrafficDirection::Inbound,
-            http_connection_manager(format!("inbound_0.0.0.0_{port}"), routes, false),
+            http_connection_manager(
+                format!("inbound_0.0.0.0_{port}"),
+                routes,
+                false,
+                model.fault_injection,
+            ),
         ));
     }
     out.push(listener(
@@ -123,6 +140,7 @@ fn explicit_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
             format!("outbound_0.0.0.0_{OUTBOUND_PORT}"),
             Routes::Rds(HTTP_PROXY_ROUTE.to_string()),
             true,
+            model.fault_injection,
         ),
     ));
     out
@@ -252,6 +270,7 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
                                 format!("outbound_{vip}_{}", port.port),
                                 Routes::Rds(port.port.to_string()),
                                 false,
+                                model.fault_injection,
                             ),
                         ),
                         chain(
@@ -278,6 +297,7 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
                 format!("outbound_0.0.0.0_{port}"),
                 Routes::Rds(port.to_string()),
                 false,
+                model.fault_injection,
             ),
         )];
         out.push(virtual_listener(name, any, port, chains, false));
@@ -297,6 +317,7 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
                 format!("inbound_0.0.0.0_{port}"),
                 Routes::Inline(Box::new(route::inbound_route_config(port))),
                 false,
+                model.fault_injection,
             )
         };
         match protocol {

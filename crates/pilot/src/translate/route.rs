@@ -5,16 +5,27 @@ use std::time::Duration;
 
 use mizzen_api::networking::{HttpMatchRequest, HttpRoute, StringMatch, VirtualService};
 use mizzen_xds::pb::envoy::config::core::v3::{
-    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+    DataSource, HeaderValue, HeaderValueOption, RuntimeFractionalPercent, data_source,
+    header_value_option::HeaderAppendAction,
 };
 use mizzen_xds::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch,
     VirtualHost, WeightedCluster, header_matcher::HeaderMatchSpecifier, route::Action,
     route_action::ClusterSpecifier, route_match::PathSpecifier, weighted_cluster::ClusterWeight,
 };
+use mizzen_xds::pb::envoy::config::route::v3::{
+    QueryParameterMatcher, RedirectAction, RetryPolicy, query_parameter_matcher, redirect_action,
+    route_action,
+};
+use mizzen_xds::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
+use mizzen_xds::pb::envoy::extensions::filters::http::fault::v3::{
+    FaultAbort, HttpFault, fault_abort,
+};
+use mizzen_xds::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute;
 use mizzen_xds::pb::envoy::r#type::matcher::v3::{
     RegexMatcher, StringMatcher, string_matcher::MatchPattern,
 };
+use mizzen_xds::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 use mizzen_xds::server::Resource;
 
 use super::cluster::PASSTHROUGH_CLUSTER;
@@ -195,7 +206,7 @@ pub fn virtual_service_routes(
             .name
             .clone()
             .unwrap_or_else(|| format!("{}.{}.{index}", vs.namespace, vs.name));
-        let Some(action) = route_action(model, vs, http, port) else {
+        let Some(action) = http_action(model, vs, http, port) else {
             continue;
         };
         if http.r#match.is_empty() {
@@ -241,8 +252,92 @@ fn route(name: String, r#match: RouteMatch, action: Action, http: &HttpRoute) ->
         request_headers_to_remove: request_remove,
         response_headers_to_add: response_add,
         response_headers_to_remove: response_remove,
+        typed_per_filter_config: http
+            .fault
+            .as_ref()
+            .map(|fault| {
+                (
+                    FAULT_FILTER.to_string(),
+                    mizzen_xds::pack(&fault_config(fault)),
+                )
+            })
+            .into_iter()
+            .collect(),
         ..Default::default()
     }
+}
+
+/// The HTTP fault filter, which Istio adds to HTTP connection managers.
+pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+
+/// A percentage as Envoy's fraction per million, so that Istio's decimal
+/// percentages (0.1 %) keep their precision.
+fn fraction(percentage: Option<&mizzen_api::networking::Percent>) -> FractionalPercent {
+    let value = percentage.map_or(100.0, |p| p.value);
+    FractionalPercent {
+        numerator: (value.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+        denominator: fractional_percent::DenominatorType::Million as i32,
+    }
+}
+
+fn fault_config(fault: &mizzen_api::networking::HttpFaultInjection) -> HttpFault {
+    let delay = fault.delay.as_ref().and_then(|delay| {
+        let fixed = mizzen_api::parse_duration(delay.fixed_delay.as_deref()?).ok()?;
+        // `percent` is the deprecated integer form of `percentage`.
+        let legacy = delay.percent.map(|p| mizzen_api::networking::Percent {
+            value: f64::from(p),
+        });
+        Some(FaultDelay {
+            percentage: Some(fraction(delay.percentage.as_ref().or(legacy.as_ref()))),
+            fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(duration(
+                fixed,
+            ))),
+            ..Default::default()
+        })
+    });
+    let abort = fault.abort.as_ref().and_then(|abort| {
+        let error_type = match (abort.http_status, abort.grpc_status.as_deref()) {
+            (Some(status), _) => fault_abort::ErrorType::HttpStatus(status as u32),
+            (None, Some(grpc)) => fault_abort::ErrorType::GrpcStatus(grpc_code(grpc)?),
+            _ => return None,
+        };
+        Some(FaultAbort {
+            percentage: Some(fraction(abort.percentage.as_ref())),
+            error_type: Some(error_type),
+            ..Default::default()
+        })
+    });
+    HttpFault {
+        delay,
+        abort,
+        ..Default::default()
+    }
+}
+
+/// gRPC status names as Istio accepts them, or a number.
+fn grpc_code(name: &str) -> Option<u32> {
+    const CODES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    name.parse()
+        .ok()
+        .or_else(|| CODES.iter().position(|c| *c == name).map(|i| i as u32))
 }
 
 type HeaderOps = (
@@ -322,17 +417,47 @@ fn route_match(m: &HttpMatchRequest) -> RouteMatch {
         Some(StringMatch::Prefix(s)) => PathSpecifier::Prefix(s.clone()),
         Some(StringMatch::Regex(s)) => PathSpecifier::SafeRegex(regex(s)),
     };
-    let headers = m
-        .headers
+    let header_matcher = |name: &str, value: &Option<StringMatch>, invert: bool| HeaderMatcher {
+        name: name.to_string(),
+        // An empty match (`end-user: {}`) asks only that the header be there.
+        header_match_specifier: Some(match value {
+            Some(value) => HeaderMatchSpecifier::StringMatch(string_matcher(value)),
+            None => HeaderMatchSpecifier::PresentMatch(true),
+        }),
+        invert_match: invert,
+        ..Default::default()
+    };
+    let mut headers: Vec<HeaderMatcher> = Vec::new();
+    for (pseudo, value) in [
+        (":method", &m.method),
+        (":authority", &m.authority),
+        (":scheme", &m.scheme),
+    ] {
+        if value.is_some() {
+            headers.push(header_matcher(pseudo, value, false));
+        }
+    }
+    headers.extend(
+        m.headers
+            .iter()
+            .map(|(name, value)| header_matcher(name, value, false)),
+    );
+    headers.extend(
+        m.without_headers
+            .iter()
+            .map(|(name, value)| header_matcher(name, value, true)),
+    );
+    let query_parameters = m
+        .query_params
         .iter()
-        .map(|(name, value)| HeaderMatcher {
+        .map(|(name, value)| QueryParameterMatcher {
             name: name.clone(),
-            // An empty match (`end-user: {}`) asks only that the header be there.
-            header_match_specifier: Some(match value {
-                Some(value) => HeaderMatchSpecifier::StringMatch(string_matcher(value)),
-                None => HeaderMatchSpecifier::PresentMatch(true),
+            query_parameter_match_specifier: Some(match value {
+                Some(value) => query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(
+                    string_matcher(value),
+                ),
+                None => query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(true),
             }),
-            ..Default::default()
         })
         .collect();
     RouteMatch {
@@ -342,6 +467,158 @@ fn route_match(m: &HttpMatchRequest) -> RouteMatch {
             .filter(|ignore| *ignore)
             .map(|_| mizzen_xds::pb::google::protobuf::BoolValue { value: false }),
         headers,
+        query_parameters,
+        ..Default::default()
+    }
+}
+
+/// What a VirtualService HTTP route does: redirect, answer directly, or
+/// forward to its destinations.
+fn http_action(
+    model: &Model,
+    vs: &Config<VirtualService>,
+    http: &HttpRoute,
+    port: u16,
+) -> Option<Action> {
+    if let Some(redirect) = &http.redirect {
+        return Some(Action::Redirect(redirect_action(redirect)));
+    }
+    if let Some(direct) = &http.direct_response {
+        let body = direct
+            .body
+            .as_ref()
+            .and_then(|b| b.string.clone().or_else(|| b.bytes.clone()));
+        return Some(Action::DirectResponse(DirectResponseAction {
+            status: direct.status,
+            body: body.map(|text| DataSource {
+                specifier: Some(data_source::Specifier::InlineString(text)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }));
+    }
+    let mut action = route_action(model, vs, http, port)?;
+    if let Some(rewrite) = &http.rewrite {
+        if let Some(uri) = &rewrite.uri {
+            action.prefix_rewrite = uri.clone();
+        }
+        if let Some(regex_rewrite) = &rewrite.uri_regex_rewrite {
+            action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                pattern: Some(regex(regex_rewrite.r#match.as_deref().unwrap_or_default())),
+                substitution: regex_rewrite.rewrite.clone().unwrap_or_default(),
+            });
+        }
+        if let Some(authority) = &rewrite.authority {
+            action.host_rewrite_specifier = Some(
+                route_action::HostRewriteSpecifier::HostRewriteLiteral(authority.clone()),
+            );
+        }
+    }
+    if let Some(retries) = &http.retries {
+        action.retry_policy = Some(retry_policy(retries));
+    }
+    // `mirror` with `mirrorPercentage` (or the integer `mirrorPercent`), and
+    // the newer list `mirrors`.
+    let legacy_percent =
+        http.mirror_percentage.or(http
+            .mirror_percent
+            .map(|p| mizzen_api::networking::Percent {
+                value: f64::from(p),
+            }));
+    let mirrors = http
+        .mirror
+        .iter()
+        .map(|destination| (destination, legacy_percent))
+        .chain(http.mirrors.iter().map(|m| (&m.destination, m.percentage)));
+    for (destination, percentage) in mirrors {
+        let host = model.resolve_host(&destination.host, &vs.namespace);
+        let mirror_port = destination
+            .port
+            .as_ref()
+            .and_then(|p| p.number)
+            .and_then(|n| u16::try_from(n).ok())
+            .unwrap_or(port);
+        action
+            .request_mirror_policies
+            .push(route_action::RequestMirrorPolicy {
+                cluster: outbound_cluster_name(
+                    mirror_port,
+                    destination.subset.as_deref().unwrap_or_default(),
+                    &host,
+                ),
+                runtime_fraction: Some(RuntimeFractionalPercent {
+                    default_value: Some(fraction(percentage.as_ref())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+    }
+    Some(Action::Route(action))
+}
+
+fn redirect_action(redirect: &mizzen_api::networking::HttpRedirect) -> RedirectAction {
+    use redirect_action::RedirectResponseCode;
+    let response_code = match redirect.redirect_code.unwrap_or(301) {
+        302 => RedirectResponseCode::Found,
+        303 => RedirectResponseCode::SeeOther,
+        307 => RedirectResponseCode::TemporaryRedirect,
+        308 => RedirectResponseCode::PermanentRedirect,
+        _ => RedirectResponseCode::MovedPermanently,
+    };
+    RedirectAction {
+        host_redirect: redirect.authority.clone().unwrap_or_default(),
+        port_redirect: redirect.port.unwrap_or(0),
+        response_code: response_code as i32,
+        scheme_rewrite_specifier: redirect
+            .scheme
+            .clone()
+            .map(redirect_action::SchemeRewriteSpecifier::SchemeRedirect),
+        path_rewrite_specifier: redirect
+            .uri
+            .clone()
+            .map(redirect_action::PathRewriteSpecifier::PathRedirect)
+            .or_else(|| {
+                redirect
+                    .prefix_rewrite
+                    .clone()
+                    .map(redirect_action::PathRewriteSpecifier::PrefixRewrite)
+            }),
+        ..Default::default()
+    }
+}
+
+/// Istio's retry policy: `attempts` retries on the listed conditions;
+/// numeric conditions become Envoy's retriable status codes.
+fn retry_policy(retries: &mizzen_api::networking::HttpRetry) -> RetryPolicy {
+    let mut retry_on = Vec::new();
+    let mut codes = Vec::new();
+    for condition in retries
+        .retry_on
+        .as_deref()
+        .unwrap_or("connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes")
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
+        match condition.parse::<u32>() {
+            Ok(code) => codes.push(code),
+            Err(_) => retry_on.push(condition.to_string()),
+        }
+    }
+    if !codes.is_empty() && !retry_on.iter().any(|c| c == "retriable-status-codes") {
+        retry_on.push("retriable-status-codes".to_string());
+    }
+    RetryPolicy {
+        retry_on: retry_on.join(","),
+        num_retries: Some(mizzen_xds::pb::google::protobuf::UInt32Value {
+            value: retries.attempts.unwrap_or(2).max(0) as u32,
+        }),
+        per_try_timeout: retries
+            .per_try_timeout
+            .as_deref()
+            .and_then(|t| mizzen_api::parse_duration(t).ok())
+            .map(duration),
+        retriable_status_codes: codes,
         ..Default::default()
     }
 }
@@ -351,7 +628,7 @@ fn route_action(
     vs: &Config<VirtualService>,
     http: &HttpRoute,
     port: u16,
-) -> Option<Action> {
+) -> Option<RouteAction> {
     let mut clusters: Vec<(String, u32)> = Vec::new();
     for destination in &http.route {
         let host = model.resolve_host(&destination.destination.host, &vs.namespace);
@@ -399,9 +676,9 @@ fn route_action(
             ..Default::default()
         })
     };
-    Some(Action::Route(RouteAction {
+    Some(RouteAction {
         cluster_specifier: Some(cluster_specifier),
         timeout: Some(duration(timeout)),
         ..Default::default()
-    }))
+    })
 }

@@ -30,6 +30,9 @@ pub struct AppConfig {
     pub http_proxy: Option<String>,
     /// Limit on each upstream call, connect to last body byte.
     pub upstream_timeout: Duration,
+    /// Report the request as received (method, authority, headers) under
+    /// `request`, so tests can see what the mesh did to it.
+    pub echo_request: bool,
 }
 
 impl Default for AppConfig {
@@ -44,6 +47,7 @@ impl Default for AppConfig {
             message: "Hello World".to_owned(),
             http_proxy: None,
             upstream_timeout: Duration::from_secs(30),
+            echo_request: false,
         }
     }
 }
@@ -71,8 +75,9 @@ impl AppConfig {
     ///
     /// Variables: `NAME`, `VERSION`, `LISTEN_ADDR` (`ip:port` or `:port`),
     /// `UPSTREAM_URIS` (comma-separated), `ERROR_RATE`, `ERROR_CODE`,
-    /// `MESSAGE`, `HTTP_PROXY` (or `http_proxy`), and
-    /// `HTTP_CLIENT_REQUEST_TIMEOUT` (a duration such as `30s` or `500ms`).
+    /// `MESSAGE`, `HTTP_PROXY` (or `http_proxy`),
+    /// `HTTP_CLIENT_REQUEST_TIMEOUT` (a duration such as `30s` or `500ms`)
+    /// and `ECHO_REQUEST` (`true` to report the request received).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
         let mut config = Self::default();
@@ -108,6 +113,19 @@ impl AppConfig {
                 config.http_proxy = Some(proxy);
                 break;
             }
+        }
+        if let Some(echo) = get("ECHO_REQUEST") {
+            config.echo_request = match echo.as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(ConfigError {
+                        var: "ECHO_REQUEST",
+                        value: echo,
+                        expected: "true or false",
+                    });
+                }
+            };
         }
         if let Some(timeout) = get("HTTP_CLIENT_REQUEST_TIMEOUT") {
             config.upstream_timeout = parse_duration(&timeout)
@@ -319,6 +337,7 @@ mod tests {
             ("MESSAGE", "hi"),
             ("http_proxy", "http://127.0.0.1:15001"),
             ("HTTP_CLIENT_REQUEST_TIMEOUT", "1m2.5s"),
+            ("ECHO_REQUEST", "true"),
         ])
         .unwrap();
         assert_eq!(
@@ -336,6 +355,7 @@ mod tests {
                 message: "hi".into(),
                 http_proxy: Some("http://127.0.0.1:15001".into()),
                 upstream_timeout: Duration::from_millis(62_500),
+                echo_request: true,
             }
         );
     }

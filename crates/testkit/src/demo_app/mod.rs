@@ -193,6 +193,7 @@ impl App {
         let started_at = SystemTime::now();
         let started = Instant::now();
         let (parts, body) = request.into_parts();
+        let echoed = self.config.echo_request.then(|| echo(&parts));
         // Read the body so an HTTP/1.1 connection can carry the next
         // request; its content is not used.
         let _ = body.collect().await;
@@ -228,6 +229,7 @@ impl App {
             upstream_calls: UpstreamCalls(&upstream_calls),
             code,
             error,
+            request: echoed,
         };
         tracing::debug!(name = %self.config.name, uri = %report.uri, code, "demo app answered");
         // Serializing a struct of strings and JSON values cannot fail.
@@ -260,6 +262,36 @@ struct Report<'a> {
     code: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<serde_json::Value>,
+}
+
+/// The request as it arrived: method, authority and headers (repeated
+/// headers joined with `,`, names lower case).
+fn echo(parts: &http::request::Parts) -> serde_json::Value {
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).to_string();
+        headers
+            .entry(name.as_str().to_string())
+            .and_modify(|existing| {
+                if let serde_json::Value::String(s) = existing {
+                    s.push(',');
+                    s.push_str(&value);
+                }
+            })
+            .or_insert(serde_json::Value::String(value));
+    }
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| parts.headers.get(http::header::HOST).map(|h| String::from_utf8_lossy(h.as_bytes()).to_string()));
+    serde_json::json!({
+        "method": parts.method.as_str(),
+        "authority": authority,
+        "headers": headers,
+    })
 }
 
 /// Upstream results as a JSON object keyed by URI, in call order.
