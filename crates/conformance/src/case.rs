@@ -47,6 +47,9 @@ pub struct ServiceSpec {
     /// Share of requests (0..1) the backends answer with 503.
     #[serde(default)]
     pub error_rate: f64,
+    /// The same, per version, overriding `error_rate`.
+    #[serde(default)]
+    pub error_rates: BTreeMap<String, f64>,
 }
 
 fn default_namespace() -> String {
@@ -160,6 +163,9 @@ pub struct Expect {
     /// At least this share of answers, in percent, are 2xx (retries).
     #[serde(default)]
     pub success_percent_at_least: Option<f64>,
+    /// Every answer comes from one backend, whichever it is (hashing).
+    #[serde(default)]
+    pub same_backend: bool,
 }
 
 fn default_tolerance() -> f64 {
@@ -168,9 +174,10 @@ fn default_tolerance() -> f64 {
 
 impl Case {
     pub fn load(path: &Path) -> anyhow::Result<Case> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut case: Case =
-            serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut case: Case = serde_saphyr::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         case.file = path.to_path_buf();
         Ok(case)
     }

@@ -41,7 +41,11 @@ async fn main() -> ExitCode {
             }
         }
     }
-    cases.retain(|c| args.filter.as_ref().is_none_or(|f| c.name.contains(f.as_str())));
+    cases.retain(|c| {
+        args.filter
+            .as_ref()
+            .is_none_or(|f| c.name.contains(f.as_str()))
+    });
     let planes: Vec<DataPlane> = match args.only.as_deref() {
         Some("mizzen") => vec![DataPlane::Mizzen],
         Some("envoy") => vec![DataPlane::Envoy],
@@ -72,7 +76,11 @@ async fn main() -> ExitCode {
                 }
                 Outcome::Skip(reason) => {
                     skipped += 1;
-                    failures.push(format!("{} on {} skipped: {reason}", case.name, plane.name()));
+                    failures.push(format!(
+                        "{} on {} skipped: {reason}",
+                        case.name,
+                        plane.name()
+                    ));
                     "skip".to_string()
                 }
             };
@@ -92,5 +100,9 @@ async fn main() -> ExitCode {
     } else {
         println!("{passed} passed, {failed} failed");
     }
-    if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -65,7 +65,14 @@ pub async fn run(case: &Case, plane: DataPlane, shared: Option<&Path>) -> Outcom
     }
 }
 
-fn service_yaml(out: &mut String, name: &str, namespace: &str, port_name: &str, port: u16, selector: &str) {
+fn service_yaml(
+    out: &mut String,
+    name: &str,
+    namespace: &str,
+    port_name: &str,
+    port: u16,
+    selector: &str,
+) {
     let _ = write!(
         out,
         "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  selector:\n    {selector}\n  ports:\n  - name: {port_name}\n    port: {port}\n    targetPort: {APP_PORT}\n"
@@ -76,8 +83,11 @@ async fn run_inner(case: &Case, plane: DataPlane, shared: Option<&Path>) -> anyh
     let dir = tempfile::tempdir()?;
     let mut config = case.config.clone();
     for file in &case.istio_data {
-        let base = shared.context("shared data")?.join("conformance/istio-data");
-        let text = std::fs::read_to_string(base.join(file)).with_context(|| format!("reading {file}"))?;
+        let base = shared
+            .context("shared data")?
+            .join("conformance/istio-data");
+        let text =
+            std::fs::read_to_string(base.join(file)).with_context(|| format!("reading {file}"))?;
         config.push_str("\n---\n");
         config.push_str(&text);
     }
@@ -103,7 +113,11 @@ async fn run_inner(case: &Case, plane: DataPlane, shared: Option<&Path>) -> anyh
                 version: version.clone(),
                 listen_addr: SocketAddr::from((ip, APP_PORT)),
                 echo_request: true,
-                error_rate: service.error_rate,
+                error_rate: service
+                    .error_rates
+                    .get(version)
+                    .copied()
+                    .unwrap_or(service.error_rate),
                 error_code: 503,
                 ..AppConfig::default()
             };
@@ -113,7 +127,14 @@ async fn run_inner(case: &Case, plane: DataPlane, shared: Option<&Path>) -> anyh
     }
     let client_ip = mizzen_testkit::free_loopback_ip();
     if case.client.kind == ClientKind::Gateway {
-        service_yaml(&mut config, "istio-ingressgateway", "istio-system", "http2", 80, "istio: ingressgateway");
+        service_yaml(
+            &mut config,
+            "istio-ingressgateway",
+            "istio-system",
+            "http2",
+            80,
+            "istio: ingressgateway",
+        );
     }
     std::fs::write(dir.path().join("config.yaml"), &config)?;
 
@@ -127,12 +148,21 @@ async fn run_inner(case: &Case, plane: DataPlane, shared: Option<&Path>) -> anyh
     if !problems.is_empty() {
         bail!(
             "config rejected: {}",
-            problems.iter().map(|p| p.message.clone()).collect::<Vec<_>>().join("; ")
+            problems
+                .iter()
+                .map(|p| p.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
         );
     }
 
     let (kind, name, namespace, labels) = match case.client.kind {
-        ClientKind::Sidecar => ("sidecar", "client", case.client.namespace.as_str(), serde_json::json!({"app": "client"})),
+        ClientKind::Sidecar => (
+            "sidecar",
+            "client",
+            case.client.namespace.as_str(),
+            serde_json::json!({"app": "client"}),
+        ),
         ClientKind::Gateway => (
             "router",
             "istio-ingressgateway",
@@ -163,9 +193,6 @@ async fn run_inner(case: &Case, plane: DataPlane, shared: Option<&Path>) -> anyh
                 ..ProxyOptions::new(format!("http://{}", pilot.xds_address()), node)
             })
             .await?;
-            tokio::time::timeout(Duration::from_secs(10), proxy.ready())
-                .await
-                .context("mizzen-proxy not ready within 10 s")?;
             UnderTest::Mizzen(proxy)
         }
         DataPlane::Envoy => {
@@ -183,13 +210,24 @@ async fn run_inner(case: &Case, plane: DataPlane, shared: Option<&Path>) -> anyh
         }
     };
     let result = async {
+        // A NACK shows here first, with the proxy's reason.
         wait_synced(&pilot, &node_id).await?;
+        if let UnderTest::Mizzen(proxy) = &under_test {
+            tokio::time::timeout(Duration::from_secs(10), proxy.ready())
+                .await
+                .context("mizzen-proxy not ready within 10 s")?;
+        }
         let target = match case.client.kind {
-            ClientKind::Sidecar => SocketAddr::from((client_ip, mizzen_pilot::translate::OUTBOUND_PORT)),
+            ClientKind::Sidecar => {
+                SocketAddr::from((client_ip, mizzen_pilot::translate::OUTBOUND_PORT))
+            }
             ClientKind::Gateway => SocketAddr::from((client_ip, GATEWAY_PORT)),
         };
         for (index, request) in case.requests.iter().enumerate() {
-            let label = request.name.clone().unwrap_or_else(|| format!("request {index}"));
+            let label = request
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("request {index}"));
             check_request(case.client.kind, target, request)
                 .await
                 .with_context(|| label.clone())?;
@@ -216,9 +254,14 @@ async fn wait_synced(pilot: &Pilot, node_id: &str) -> anyhow::Result<()> {
         let status = pilot.state().sync.snapshot();
         if let Some(connection) = status.iter().find(|c| c.node_id == node_id) {
             if let Some((short, t)) = connection.types.iter().find(|(_, t)| t.nack.is_some()) {
-                bail!("{short} NACKed: {}", t.nack.as_ref().map(|n| n.1.as_str()).unwrap_or_default());
+                bail!(
+                    "{short} NACKed: {}",
+                    t.nack.as_ref().map(|n| n.1.as_str()).unwrap_or_default()
+                );
             }
-            if connection.types.len() >= 2 && connection.types.values().all(|t| t.state() == "SYNCED") {
+            if connection.types.len() >= 2
+                && connection.types.values().all(|t| t.state() == "SYNCED")
+            {
                 return Ok(());
             }
         }
@@ -238,11 +281,19 @@ struct Answer {
 impl Answer {
     fn backend(&self) -> Option<String> {
         let json = self.json.as_ref()?;
-        Some(format!("{}-{}", json["name"].as_str()?, json["version"].as_str()?))
+        Some(format!(
+            "{}-{}",
+            json["name"].as_str()?,
+            json["version"].as_str()?
+        ))
     }
 }
 
-async fn send_one(kind: ClientKind, target: SocketAddr, request: &RequestSpec) -> anyhow::Result<Answer> {
+async fn send_one(
+    kind: ClientKind,
+    target: SocketAddr,
+    request: &RequestSpec,
+) -> anyhow::Result<Answer> {
     let uri = match kind {
         ClientKind::Sidecar => format!("http://{}{}", request.host, request.path),
         ClientKind::Gateway => request.path.clone(),
@@ -254,7 +305,12 @@ async fn send_one(kind: ClientKind, target: SocketAddr, request: &RequestSpec) -
     for (name, value) in &request.headers {
         builder = builder.header(name, value);
     }
-    let response = send(&target.to_string(), Protocol::Http1, builder.body(Bytes::new())?).await?;
+    let response = send(
+        &target.to_string(),
+        Protocol::Http1,
+        builder.body(Bytes::new())?,
+    )
+    .await?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = String::from_utf8_lossy(response.body()).to_string();
@@ -267,7 +323,11 @@ async fn send_one(kind: ClientKind, target: SocketAddr, request: &RequestSpec) -
     })
 }
 
-async fn check_request(kind: ClientKind, target: SocketAddr, request: &RequestSpec) -> anyhow::Result<()> {
+async fn check_request(
+    kind: ClientKind,
+    target: SocketAddr,
+    request: &RequestSpec,
+) -> anyhow::Result<()> {
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
     let mut successes = 0u32;
     for _ in 0..request.count {
@@ -283,13 +343,22 @@ async fn check_request(kind: ClientKind, target: SocketAddr, request: &RequestSp
         if (200..300).contains(&answer.status) {
             successes += 1;
         }
-        *counts.entry(answer.backend().unwrap_or_else(|| format!("status {}", answer.status))).or_default() += 1;
+        *counts
+            .entry(
+                answer
+                    .backend()
+                    .unwrap_or_else(|| format!("status {}", answer.status)),
+            )
+            .or_default() += 1;
     }
     if let Some(at_least) = request.expect.success_percent_at_least {
         let got = f64::from(successes) * 100.0 / f64::from(request.count.max(1));
         if got < at_least {
             bail!("expected at least {at_least}% successful answers, got {got:.1}%");
         }
+    }
+    if request.expect.same_backend && counts.len() > 1 {
+        bail!("expected every answer from one backend, got {counts:?}");
     }
     check_distribution(&request.expect, &counts, request.count)
 }
@@ -308,10 +377,17 @@ fn check_answer(expect: &Expect, answer: &Answer) -> anyhow::Result<()> {
     if let Some(backend) = &expect.backend
         && answer.backend().as_deref() != Some(backend.as_str())
     {
-        bail!("expected backend {backend}, got {:?} ({})", answer.backend(), show());
+        bail!(
+            "expected backend {backend}, got {:?} ({})",
+            answer.backend(),
+            show()
+        );
     }
     for (name, value) in &expect.headers {
-        let got = answer.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).to_string());
+        let got = answer
+            .headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).to_string());
         if got.as_deref() != Some(value.as_str()) {
             bail!("expected response header {name}: {value}, got {got:?}");
         }
@@ -321,11 +397,18 @@ fn check_answer(expect: &Expect, answer: &Answer) -> anyhow::Result<()> {
             bail!("response header {name} should be absent");
         }
     }
-    let request = answer.json.as_ref().map(|j| j["request"].clone()).unwrap_or_default();
+    let request = answer
+        .json
+        .as_ref()
+        .map(|j| j["request"].clone())
+        .unwrap_or_default();
     for (name, value) in &expect.request_headers {
         let got = request["headers"][name.to_ascii_lowercase()].as_str();
         if got != Some(value.as_str()) {
-            bail!("expected the backend to receive {name}: {value}, got {got:?} ({})", show());
+            bail!(
+                "expected the backend to receive {name}: {value}, got {got:?} ({})",
+                show()
+            );
         }
     }
     for name in &expect.request_headers_absent {
@@ -353,9 +436,14 @@ fn check_answer(expect: &Expect, answer: &Answer) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_distribution(expect: &Expect, counts: &BTreeMap<String, u32>, total: u32) -> anyhow::Result<()> {
+fn check_distribution(
+    expect: &Expect,
+    counts: &BTreeMap<String, u32>,
+    total: u32,
+) -> anyhow::Result<()> {
     for (backend, share) in &expect.distribution {
-        let got = f64::from(counts.get(backend).copied().unwrap_or(0)) * 100.0 / f64::from(total.max(1));
+        let got =
+            f64::from(counts.get(backend).copied().unwrap_or(0)) * 100.0 / f64::from(total.max(1));
         if (got - share).abs() > expect.tolerance {
             bail!(
                 "expected {share}% ± {} at {backend}, got {got:.1}% (counts {counts:?})",
@@ -364,11 +452,13 @@ fn check_distribution(expect: &Expect, counts: &BTreeMap<String, u32>, total: u3
         }
     }
     if !expect.distribution.is_empty() {
-        let unexpected: Vec<&String> = counts.keys().filter(|k| !expect.distribution.contains_key(*k)).collect();
+        let unexpected: Vec<&String> = counts
+            .keys()
+            .filter(|k| !expect.distribution.contains_key(*k))
+            .collect();
         if !unexpected.is_empty() {
             bail!("answers from unexpected places: {unexpected:?} (counts {counts:?})");
         }
     }
     Ok(())
 }
-

@@ -9,7 +9,8 @@ use mizzen_xds::pb::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
 };
 use mizzen_xds::pb::envoy::config::core::v3::{
-    Address, BindConfig, Http2ProtocolOptions, SocketAddress, address, socket_address,
+    Address, BindConfig, Http1ProtocolOptions, Http2ProtocolOptions,
+    HttpProtocolOptions as CommonHttpProtocolOptions, SocketAddress, address, socket_address,
 };
 use mizzen_xds::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EndpointProto, LbEndpoint, LocalityLbEndpoints,
@@ -20,7 +21,7 @@ use mizzen_xds::pb::envoy::extensions::upstreams::http::v3::{
 };
 use mizzen_xds::server::Resource;
 
-use super::{ads_config_source, duration, resource};
+use super::{ads_config_source, duration, policy, resource};
 use crate::model::{Model, Protocol, Service, ServicePort};
 use crate::node::{InterceptionMode, ProxyKind, ProxyNode};
 
@@ -51,22 +52,22 @@ fn parse_outbound(name: &str) -> Option<(u16, &str, &str)> {
 pub fn clusters(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
     let mut out = Vec::new();
     for service in model.services.values() {
+        let rule = model
+            .destination_rule(&service.hostname, &proxy.namespace)
+            .map(|r| &r.spec);
         for port in &service.ports {
-            let rule = model.destination_rule(&service.hostname, &proxy.namespace);
-            let lb = rule
-                .and_then(|r| r.spec.traffic_policy.as_ref())
-                .and_then(lb_policy);
+            let name = outbound_cluster_name(port.port, "", &service.hostname);
             out.push(eds_cluster(
-                outbound_cluster_name(port.port, "", &service.hostname),
+                name,
                 port,
-                lb,
+                &policy::effective(rule, "", port.port),
             ));
-            for subset in rule.map(|r| r.spec.subsets.as_slice()).unwrap_or_default() {
-                let lb = subset.traffic_policy.as_ref().and_then(lb_policy).or(lb);
+            for subset in rule.map(|r| r.subsets.as_slice()).unwrap_or_default() {
+                let name = outbound_cluster_name(port.port, &subset.name, &service.hostname);
                 out.push(eds_cluster(
-                    outbound_cluster_name(port.port, &subset.name, &service.hostname),
+                    name,
                     port,
-                    lb,
+                    &policy::effective(rule, &subset.name, port.port),
                 ));
             }
         }
@@ -168,29 +169,28 @@ pub fn inbound_ports(model: &Model, proxy: &ProxyNode) -> BTreeMap<u16, Protocol
     ports
 }
 
-fn lb_policy(policy: &mizzen_api::networking::TrafficPolicy) -> Option<LbPolicy> {
-    use mizzen_api::networking::SimpleLb;
-    let simple = policy.load_balancer.as_ref()?.simple?;
-    Some(match simple {
-        SimpleLb::Random => LbPolicy::Random,
-        SimpleLb::LeastRequest | SimpleLb::LeastConn => LbPolicy::LeastRequest,
-        _ => LbPolicy::RoundRobin,
-    })
-}
-
-fn http_options(http2: bool) -> BTreeMap<String, mizzen_xds::pb::google::protobuf::Any> {
-    if !http2 {
+/// Upstream HTTP options: the protocol (HTTP/2 for `http2`/`grpc` ports)
+/// and, when a connection pool asks for them, idle timeout and requests per
+/// connection.
+fn http_options(
+    http2: bool,
+    common: Option<CommonHttpProtocolOptions>,
+) -> BTreeMap<String, mizzen_xds::pb::google::protobuf::Any> {
+    if !http2 && common.is_none() {
         return BTreeMap::new();
     }
+    use http_protocol_options::explicit_http_config::ProtocolConfig;
+    let protocol = if http2 {
+        ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default())
+    } else {
+        ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default())
+    };
     let options = HttpProtocolOptions {
+        common_http_protocol_options: common,
         upstream_protocol_options: Some(
             http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
                 http_protocol_options::ExplicitHttpConfig {
-                    protocol_config: Some(
-                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                            Http2ProtocolOptions::default(),
-                        ),
-                    ),
+                    protocol_config: Some(protocol),
                 },
             ),
         ),
@@ -202,8 +202,8 @@ fn http_options(http2: bool) -> BTreeMap<String, mizzen_xds::pb::google::protobu
     )])
 }
 
-fn eds_cluster(name: String, port: &ServicePort, lb: Option<LbPolicy>) -> Resource {
-    let cluster = Cluster {
+fn eds_cluster(name: String, port: &ServicePort, policy: &policy::Effective) -> Resource {
+    let mut cluster = Cluster {
         name: name.clone(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(EdsClusterConfig {
@@ -211,12 +211,13 @@ fn eds_cluster(name: String, port: &ServicePort, lb: Option<LbPolicy>) -> Resour
             service_name: name.clone(),
         }),
         connect_timeout: Some(duration(CONNECT_TIMEOUT)),
-        lb_policy: lb.unwrap_or(LbPolicy::RoundRobin) as i32,
-        typed_extension_protocol_options: http_options(port.protocol.is_http2())
-            .into_iter()
-            .collect(),
+        lb_policy: LbPolicy::RoundRobin as i32,
         ..Default::default()
     };
+    let common = policy::apply(&mut cluster, policy);
+    cluster.typed_extension_protocol_options = http_options(port.protocol.is_http2(), common)
+        .into_iter()
+        .collect();
     resource(name, &cluster)
 }
 
@@ -226,7 +227,7 @@ fn static_cluster(name: String, host: IpAddr, port: u16, http2: bool) -> Cluster
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
         connect_timeout: Some(duration(CONNECT_TIMEOUT)),
         load_assignment: Some(load_assignment(&name, [(host, port)])),
-        typed_extension_protocol_options: http_options(http2).into_iter().collect(),
+        typed_extension_protocol_options: http_options(http2, None).into_iter().collect(),
         ..Default::default()
     }
 }

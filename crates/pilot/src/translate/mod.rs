@@ -7,6 +7,7 @@
 mod cluster;
 mod gateway;
 mod listener;
+mod policy;
 mod route;
 
 use mizzen_xds::pb::envoy::config::core::v3::{

@@ -185,10 +185,23 @@ fn service_routes(
 ) -> Vec<Route> {
     match model.virtual_service_for(&service.hostname, proxy_namespace, "mesh") {
         Some(vs) => virtual_service_routes(model, vs, port, "mesh"),
-        None => vec![forward_all(
-            "default",
-            outbound_cluster_name(port, "", &service.hostname),
-        )],
+        None => {
+            let mut route = forward_all(
+                "default",
+                outbound_cluster_name(port, "", &service.hostname),
+            );
+            let rule = model
+                .destination_rule(&service.hostname, proxy_namespace)
+                .map(|r| &r.spec);
+            if let Some(Action::Route(action)) = &mut route.action {
+                action.hash_policy = super::policy::hash_policies(
+                    super::policy::effective(rule, "", port)
+                        .load_balancer
+                        .as_ref(),
+                );
+            }
+            vec![route]
+        }
     }
 }
 
@@ -630,6 +643,7 @@ fn route_action(
     port: u16,
 ) -> Option<RouteAction> {
     let mut clusters: Vec<(String, u32)> = Vec::new();
+    let mut hash_policy = Vec::new();
     for destination in &http.route {
         let host = model.resolve_host(&destination.destination.host, &vs.namespace);
         let dest_port = destination
@@ -644,6 +658,17 @@ fn route_action(
             })
             .unwrap_or(port);
         let subset = destination.destination.subset.clone().unwrap_or_default();
+        if clusters.is_empty() {
+            // Consistent hashing follows the first destination's rule, as Istio does.
+            let rule = model
+                .destination_rule(&host, &vs.namespace)
+                .map(|r| &r.spec);
+            hash_policy = super::policy::hash_policies(
+                super::policy::effective(rule, &subset, dest_port)
+                    .load_balancer
+                    .as_ref(),
+            );
+        }
         let weight = destination.weight.unwrap_or(0).max(0) as u32;
         clusters.push((outbound_cluster_name(dest_port, &subset, &host), weight));
     }
@@ -679,6 +704,7 @@ fn route_action(
     Some(RouteAction {
         cluster_specifier: Some(cluster_specifier),
         timeout: Some(duration(timeout)),
+        hash_policy,
         ..Default::default()
     })
 }
