@@ -107,6 +107,10 @@ pub struct RequestSpec {
     pub method: String,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Send to the proxy's own listener on this port, in origin form (a TCP
+    /// service's listener: the HTTP request is carried as plain bytes).
+    #[serde(default)]
+    pub port: Option<u16>,
     /// How many times to send it; distributions need many.
     #[serde(default = "default_count")]
     pub count: u32,

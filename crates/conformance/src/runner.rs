@@ -294,9 +294,10 @@ async fn send_one(
     target: SocketAddr,
     request: &RequestSpec,
 ) -> anyhow::Result<Answer> {
-    let uri = match kind {
-        ClientKind::Sidecar => format!("http://{}{}", request.host, request.path),
-        ClientKind::Gateway => request.path.clone(),
+    let (target, uri) = match (kind, request.port) {
+        (_, Some(port)) => (SocketAddr::new(target.ip(), port), request.path.clone()),
+        (ClientKind::Sidecar, None) => (target, format!("http://{}{}", request.host, request.path)),
+        (ClientKind::Gateway, None) => (target, request.path.clone()),
     };
     let mut builder = http::Request::builder()
         .method(request.method.as_str())

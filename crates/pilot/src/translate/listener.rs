@@ -131,6 +131,26 @@ fn explicit_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
             ),
         ));
     }
+    // TCP services have no explicit-proxy protocol: each port gets a listener
+    // of its own on the proxy's address (as a Sidecar egress `bind` would),
+    // unless the port is taken.
+    let mut taken: std::collections::BTreeSet<u16> =
+        inbound_ports(model, proxy).into_keys().collect();
+    taken.insert(OUTBOUND_PORT);
+    for service in model.services.values() {
+        for port in service.ports.iter().filter(|p| !p.protocol.is_http()) {
+            if !taken.insert(port.port) {
+                continue;
+            }
+            out.push(listener(
+                format!("{}_{}", proxy.ip, port.port),
+                proxy.ip,
+                port.port,
+                TrafficDirection::Outbound,
+                service_tcp_proxy(model, service, port.port, proxy),
+            ));
+        }
+    }
     out.push(listener(
         format!("{}_{OUTBOUND_PORT}", proxy.ip),
         proxy.ip,
@@ -166,6 +186,99 @@ fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
     Filter {
         name: TCP_PROXY.to_string(),
         config_type: Some(filter::ConfigType::TypedConfig(mizzen_xds::pack(&proxy))),
+    }
+}
+
+/// The TCP proxy of a service port: the first VirtualService `tcp` route
+/// whose match fits the port and the client, else the service itself.
+fn service_tcp_proxy(
+    model: &Model,
+    service: &crate::model::Service,
+    port: u16,
+    proxy: &ProxyNode,
+) -> Filter {
+    let cluster = outbound_cluster_name(port, "", &service.hostname);
+    let route = model
+        .virtual_service_for(&service.hostname, &proxy.namespace, "mesh")
+        .and_then(|vs| {
+            vs.spec
+                .tcp
+                .iter()
+                .find(|route| {
+                    route.r#match.is_empty()
+                        || route.r#match.iter().any(|m| {
+                            m.port.is_none_or(|p| p == u32::from(port))
+                                && crate::model::labels_match(&m.source_labels, &proxy.labels)
+                                && m.source_namespace
+                                    .as_ref()
+                                    .is_none_or(|ns| *ns == proxy.namespace)
+                                && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+                        })
+                })
+                .map(|route| (vs, route))
+        });
+    let Some((vs, route)) = route else {
+        return tcp_proxy(&cluster, &cluster);
+    };
+    let mut clusters: Vec<(String, u32)> = route
+        .route
+        .iter()
+        .map(|destination| {
+            let host = model.resolve_host(&destination.destination.host, &vs.namespace);
+            let dest_port = destination
+                .destination
+                .port
+                .as_ref()
+                .and_then(|p| p.number)
+                .and_then(|n| u16::try_from(n).ok())
+                .or_else(|| {
+                    let target = model.services.get(&host)?;
+                    (target.ports.len() == 1).then(|| target.ports[0].port)
+                })
+                .unwrap_or(port);
+            let subset = destination
+                .destination
+                .subset
+                .as_deref()
+                .unwrap_or_default();
+            (
+                outbound_cluster_name(dest_port, subset, &host),
+                destination.weight.unwrap_or(0).max(0) as u32,
+            )
+        })
+        .collect();
+    let specifier = match clusters.len() {
+        0 => tcp_proxy::ClusterSpecifier::Cluster(cluster.clone()),
+        1 => tcp_proxy::ClusterSpecifier::Cluster(clusters.remove(0).0),
+        _ => {
+            if clusters.iter().all(|(_, w)| *w == 0) {
+                clusters.iter_mut().for_each(|(_, w)| *w = 1);
+            }
+            tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
+                clusters: clusters
+                    .into_iter()
+                    .filter(|(_, w)| *w > 0)
+                    .map(
+                        |(name, weight)| tcp_proxy::weighted_cluster::ClusterWeight {
+                            name,
+                            weight,
+                            ..Default::default()
+                        },
+                    )
+                    .collect(),
+            })
+        }
+    };
+    let proxy_config = TcpProxy {
+        stat_prefix: cluster,
+        cluster_specifier: Some(specifier),
+        ..Default::default()
+    };
+    Filter {
+        name: TCP_PROXY.to_string(),
+        config_type: Some(filter::ConfigType::TypedConfig(mizzen_xds::pack(
+            &proxy_config,
+        ))),
     }
 }
 
@@ -282,7 +395,11 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
                     out.push(virtual_listener(name, vip, port.port, chains, true));
                 }
                 _ => {
-                    let chains = vec![chain(name.clone(), None, tcp_proxy(&stat_prefix, &cluster))];
+                    let chains = vec![chain(
+                        name.clone(),
+                        None,
+                        service_tcp_proxy(model, service, port.port, proxy),
+                    )];
                     out.push(virtual_listener(name, vip, port.port, chains, false));
                 }
             }
