@@ -52,6 +52,11 @@ enum Command {
     },
     /// Run the demo app (configured like fake-service: NAME, LISTEN_ADDR, UPSTREAM_URIS, ERROR_RATE, ...).
     App,
+    /// Run mizzen-proxy (`mizzen proxy proxy sidecar ...`, `mizzen proxy capture ...`): pods run the data plane from this binary.
+    Proxy {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn init_logging(default: &str) {
@@ -63,9 +68,26 @@ fn init_logging(default: &str) {
         .init();
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Proxy { args } = cli.command {
+        // The proxy builds its own runtimes.
+        let code = mizzen_proxy::cli::main_from(
+            std::iter::once(std::ffi::OsString::from("mizzen-proxy")).chain(args),
+        );
+        std::process::exit(if code == std::process::ExitCode::SUCCESS {
+            0
+        } else {
+            1
+        });
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo {
             dir,
@@ -111,5 +133,6 @@ async fn main() -> anyhow::Result<()> {
             let config = mizzen_testkit::demo_app::AppConfig::from_env()?;
             mizzen_testkit::demo_app::run(config).await
         }
+        Command::Proxy { .. } => Ok(()),
     }
 }
