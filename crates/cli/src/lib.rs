@@ -7,3 +7,4 @@ pub mod local;
 pub mod meshes;
 pub mod netns;
 pub mod pods;
+pub mod up;

@@ -27,6 +27,7 @@ const ADMIN_PORT: u16 = 15000;
 const FIRST_APP_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 77, 0, 1);
 
 /// An app to run beside a workload's sidecar.
+#[derive(Debug, Clone)]
 pub struct AppSpec {
     pub config: AppConfig,
     /// The port the app listens on (the Service's target port).

@@ -28,6 +28,16 @@ enum Command {
         #[arg(long)]
         loopback: bool,
     },
+    /// Run your own mesh directory: pods when root, loopback otherwise (apps from Workload annotations; see docs/local-format.md).
+    Up {
+        dir: PathBuf,
+        #[arg(long)]
+        loopback: bool,
+        #[arg(long, default_value = "127.0.0.1:15010")]
+        xds_address: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:15014")]
+        debug_address: SocketAddr,
+    },
     /// Run a command inside a pod of the running mesh, like `kubectl exec`.
     Exec {
         /// The pod: NAME or NAMESPACE/NAME.
@@ -102,6 +112,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 debug_address,
                 loopback,
                 binary: mizzen_cli::pods::default_binary()?,
+            })
+            .await
+        }
+        Command::Up {
+            dir,
+            loopback,
+            xds_address,
+            debug_address,
+        } => {
+            init_logging("warn");
+            mizzen_cli::up::run(mizzen_cli::up::UpOptions {
+                config_dir: dir,
+                loopback,
+                binary: mizzen_cli::pods::default_binary()?,
+                xds_address,
+                debug_address,
             })
             .await
         }
