@@ -77,7 +77,7 @@ fn handle(req: Request<Incoming>, ctx: &AdminContext) -> Response<Full<Bytes>> {
         (&Method::GET, "/server_info") => json_response(server_info(ctx)),
         (&Method::GET, "/listeners") => {
             let mut s = String::new();
-            for (name, addr) in ctx.state.listener_addresses() {
+            for (name, addr) in ctx.state.all_listener_addresses() {
                 s.push_str(&format!("{name}::{addr}\n"));
             }
             text(StatusCode::OK, s)

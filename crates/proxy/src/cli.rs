@@ -3,7 +3,10 @@
 //! taken from flags or the pod environment (`POD_NAME`, `POD_NAMESPACE`,
 //! `INSTANCE_IP`, `SERVICE_ACCOUNT`, `ISTIO_META_*`).
 //!
-//! Subcommands leave room for others beside `proxy` (traffic capture setup).
+//! `mizzen-proxy capture` installs the iptables rules that send a pod's
+//! traffic through its sidecar, with `istio-iptables`' flags (see
+//! [`crate::capture`]); the runtime runs it inside the pod's network
+//! namespace (`ip netns exec POD mizzen-proxy capture ...`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +34,167 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy: fetch configuration over xDS and serve traffic.
     Proxy(ProxyArgs),
+    /// Install (or remove) the iptables rules that capture a pod's traffic,
+    /// like Istio's istio-iptables, in the current network namespace.
+    Capture(CaptureArgs),
+}
+
+/// `istio-iptables`' flags, with the values Istio's injector gives a sidecar
+/// as defaults.
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// Port all outbound TCP is redirected to.
+    #[arg(short = 'p', long = "envoy-port", default_value_t = 15001)]
+    pub envoy_port: u16,
+    /// Port all inbound TCP is redirected to.
+    #[arg(short = 'z', long = "inbound-capture-port", default_value_t = 15006)]
+    pub inbound_capture_port: u16,
+    /// Inbound tunnel port, never redirected.
+    #[arg(short = 'e', long = "inbound-tunnel-port", default_value_t = 15008)]
+    pub inbound_tunnel_port: u16,
+    /// Users whose traffic is not redirected (the proxy's), comma-separated.
+    #[arg(short = 'u', long = "proxy-uid", default_value = "1337")]
+    pub proxy_uid: String,
+    /// Groups whose traffic is not redirected, comma-separated.
+    #[arg(short = 'g', long = "proxy-gid", default_value = "1337")]
+    pub proxy_gid: String,
+    /// How inbound connections are redirected (REDIRECT; TPROXY is refused).
+    #[arg(
+        short = 'm',
+        long = "istio-inbound-interception-mode",
+        default_value = "REDIRECT"
+    )]
+    pub inbound_interception_mode: String,
+    /// Inbound ports to redirect (`*`: all; empty: none).
+    #[arg(short = 'b', long = "istio-inbound-ports", default_value = "*")]
+    pub inbound_ports: String,
+    /// Inbound ports not redirected when all are.
+    #[arg(
+        short = 'd',
+        long = "istio-local-exclude-ports",
+        default_value = "15090,15021,15020"
+    )]
+    pub local_exclude_ports: String,
+    /// Interfaces whose traffic is never redirected.
+    #[arg(short = 'c', long = "istio-exclude-interfaces", default_value = "")]
+    pub exclude_interfaces: String,
+    /// Outbound destinations to redirect, as CIDRs (`*`: all; empty: none).
+    #[arg(short = 'i', long = "istio-service-cidr", default_value = "*")]
+    pub service_cidr: String,
+    /// Outbound destinations never redirected, as CIDRs.
+    #[arg(short = 'x', long = "istio-service-exclude-cidr", default_value = "")]
+    pub service_exclude_cidr: String,
+    /// Outbound ports always redirected.
+    #[arg(short = 'q', long = "istio-outbound-ports", default_value = "")]
+    pub outbound_ports: String,
+    /// Outbound ports never redirected.
+    #[arg(
+        short = 'o',
+        long = "istio-local-outbound-ports-exclude",
+        default_value = ""
+    )]
+    pub local_outbound_ports_exclude: String,
+    /// Interfaces whose inbound traffic is handled as outbound.
+    #[arg(short = 'k', long = "kube-virt-interfaces", default_value = "")]
+    pub kube_virt_interfaces: String,
+    /// Groups whose outbound traffic is redirected (`*`: all).
+    #[arg(long, env = "ISTIO_OUTBOUND_OWNER_GROUPS", default_value = "*")]
+    pub outbound_owner_groups: String,
+    /// Groups whose outbound traffic is not redirected (with `*` above).
+    #[arg(long, env = "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", default_value = "")]
+    pub outbound_owner_groups_exclude: String,
+    /// What counts as localhost for outbound traffic.
+    #[arg(
+        long,
+        env = "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
+        default_value = "127.0.0.1/32"
+    )]
+    pub outbound_ipv4_loopback_cidr: String,
+    /// Send DNS to a DNS proxy on 15053 (servers from /etc/resolv.conf).
+    /// mizzen-proxy has no DNS proxy yet, so this is only accepted with
+    /// --dry-run.
+    #[arg(long)]
+    pub redirect_dns: bool,
+    /// With --redirect-dns: all DNS on port 53, not only to the servers.
+    #[arg(long)]
+    pub capture_all_dns: bool,
+    /// Drop packets conntrack considers invalid.
+    #[arg(long)]
+    pub drop_invalid: bool,
+    /// Also install ip6tables rules (and add ::6 to lo).
+    #[arg(long, alias = "ipv6")]
+    pub dual_stack: bool,
+    /// Print the rules instead of installing them.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Remove the rules (and chains) instead of installing them.
+    #[arg(long, alias = "cleanup-only")]
+    pub cleanup: bool,
+}
+
+impl CaptureArgs {
+    /// The capture options; `resolv_conf` supplies DNS servers for
+    /// --redirect-dns.
+    pub fn to_config(
+        &self,
+        resolv_conf: &str,
+    ) -> Result<crate::capture::CaptureConfig, crate::capture::CaptureError> {
+        use crate::capture::{self as c, CaptureError};
+        let bad =
+            |flag: &'static str, problem: String| CaptureError::InvalidOption { flag, problem };
+        let (dns_v4, dns_v6) = if self.redirect_dns {
+            c::resolv_conf_servers(resolv_conf)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Ok(c::CaptureConfig {
+            proxy_port: self.envoy_port,
+            inbound_capture_port: self.inbound_capture_port,
+            inbound_tunnel_port: self.inbound_tunnel_port,
+            proxy_uids: c::split_list(&self.proxy_uid),
+            proxy_gids: c::split_list(&self.proxy_gid),
+            inbound_mode: self
+                .inbound_interception_mode
+                .parse()
+                .map_err(|e| bad("--istio-inbound-interception-mode", e))?,
+            inbound_ports: c::parse_ports("--istio-inbound-ports", &self.inbound_ports)?,
+            inbound_ports_exclude: c::parse_port_list(
+                "--istio-local-exclude-ports",
+                &self.local_exclude_ports,
+            )?,
+            outbound_cidrs: c::parse_cidrs("--istio-service-cidr", &self.service_cidr)?,
+            outbound_cidrs_exclude: c::parse_cidr_list(
+                "--istio-service-exclude-cidr",
+                &self.service_exclude_cidr,
+            )?,
+            outbound_ports_include: c::parse_port_list(
+                "--istio-outbound-ports",
+                &self.outbound_ports,
+            )?,
+            outbound_ports_exclude: c::parse_port_list(
+                "--istio-local-outbound-ports-exclude",
+                &self.local_outbound_ports_exclude,
+            )?,
+            exclude_interfaces: c::split_list(&self.exclude_interfaces),
+            kube_virt_interfaces: c::split_list(&self.kube_virt_interfaces),
+            owner_groups: c::parse_groups(&self.outbound_owner_groups),
+            owner_groups_exclude: c::split_list(&self.outbound_owner_groups_exclude),
+            ipv4_loopback_cidr: c::parse_cidr(&self.outbound_ipv4_loopback_cidr)
+                .filter(|c| c.is_ipv4())
+                .ok_or_else(|| {
+                    bad(
+                        "--outbound-ipv4-loopback-cidr",
+                        format!("{:?} is not an IPv4 CIDR", self.outbound_ipv4_loopback_cidr),
+                    )
+                })?,
+            redirect_dns: self.redirect_dns,
+            capture_all_dns: self.capture_all_dns,
+            dns_servers_v4: dns_v4,
+            dns_servers_v6: dns_v6,
+            drop_invalid: self.drop_invalid,
+            enable_ipv6: self.dual_stack,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -216,16 +380,71 @@ pub fn build_node(args: &ProxyArgs, env: &dyn Env) -> Node {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Proxy(args) => match run_proxy(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("mizzen-proxy: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+    main_from(std::env::args_os())
+}
+
+/// The binary's entry point with explicit arguments (the first is the
+/// program name), so `mizzen proxy ...` can run the same code.
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
+    let result = match cli.command {
+        Command::Proxy(args) => run_proxy(args),
+        Command::Capture(args) => run_capture(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mizzen-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+fn run_capture(args: &CaptureArgs) -> anyhow::Result<()> {
+    use crate::capture::{self, Family, Runner as _, SystemRunner};
+    let resolv = if args.redirect_dns {
+        std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let cfg = args.to_config(&resolv)?;
+    if args.redirect_dns && !args.dry_run && !args.cleanup {
+        anyhow::bail!(
+            "--redirect-dns: DNS would go to a DNS proxy on port {}, which mizzen-proxy does not have yet (use --dry-run to see the rules)",
+            capture::DNS_PROXY_PORT
+        );
+    }
+    let rules = capture::rules(&cfg)?;
+    match (args.cleanup, args.dry_run) {
+        (false, true) => print!("{}", rules.dry_run_text()),
+        (false, false) => {
+            capture::apply(&cfg)?;
+            eprintln!("mizzen-proxy: capture rules installed");
+        }
+        (true, true) => {
+            let mut families = vec![Family::V4];
+            if cfg.enable_ipv6 {
+                families.push(Family::V6);
+            }
+            for family in families {
+                let save = match family {
+                    Family::V4 => "iptables-save",
+                    Family::V6 => "ip6tables-save",
+                };
+                let saved = SystemRunner.run(save, &[], None)?;
+                print!("{}", capture::cleanup_input(&rules, family, &saved));
+            }
+        }
+        (true, false) => {
+            capture::cleanup(&cfg)?;
+            eprintln!("mizzen-proxy: capture rules removed");
+        }
+    }
+    Ok(())
 }
 
 fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
@@ -297,6 +516,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Proxy(a) => a,
+            Command::Capture(_) => panic!("not the proxy subcommand"),
         }
     }
 
@@ -354,6 +574,75 @@ mod tests {
         let node = build_node(&args(&[]), &env);
         assert_eq!(node.metadata["INTERCEPTION_MODE"], "REDIRECT");
         assert_eq!(node.metadata["NAMESPACE"], "default");
+    }
+
+    fn capture_args(extra: &[&str]) -> CaptureArgs {
+        let mut argv = vec!["mizzen-proxy", "capture"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Capture(a) => a,
+            Command::Proxy(_) => panic!("not the capture subcommand"),
+        }
+    }
+
+    #[test]
+    fn capture_flags_like_istio_iptables() {
+        let cfg = capture_args(&[]).to_config("").unwrap();
+        assert_eq!(cfg, crate::capture::CaptureConfig::default());
+        let cfg = capture_args(&[
+            "-p",
+            "15101",
+            "-z",
+            "15106",
+            "-u",
+            "3,4",
+            "-g",
+            "1,2",
+            "-m",
+            "REDIRECT",
+            "-b",
+            "8080,9090",
+            "-d",
+            "",
+            "-i",
+            "10.96.0.0/12",
+            "-x",
+            "10.96.0.1/32",
+            "-o",
+            "5432",
+            "-q",
+            "3306",
+            "-c",
+            "eth9",
+            "-k",
+            "eth1",
+            "--redirect-dns",
+            "--dual-stack",
+            "--dry-run",
+        ])
+        .to_config("nameserver 10.96.0.10\n")
+        .unwrap();
+        assert_eq!((cfg.proxy_port, cfg.inbound_capture_port), (15101, 15106));
+        assert_eq!(cfg.proxy_uids, ["3", "4"]);
+        assert_eq!(cfg.proxy_gids, ["1", "2"]);
+        assert_eq!(
+            cfg.inbound_ports,
+            crate::capture::Selection::Only(vec!["8080".into(), "9090".into()])
+        );
+        assert!(cfg.inbound_ports_exclude.is_empty());
+        assert_eq!(cfg.outbound_cidrs_exclude[0].to_string(), "10.96.0.1/32");
+        assert_eq!(cfg.outbound_ports_exclude, ["5432"]);
+        assert_eq!(cfg.outbound_ports_include, ["3306"]);
+        assert_eq!(cfg.exclude_interfaces, ["eth9"]);
+        assert_eq!(cfg.kube_virt_interfaces, ["eth1"]);
+        assert_eq!(cfg.dns_servers_v4, [std::net::Ipv4Addr::new(10, 96, 0, 10)]);
+        assert!(cfg.enable_ipv6 && cfg.redirect_dns);
+        let err = capture_args(&["-m", "TPROXY"]).to_config("").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--istio-inbound-interception-mode: TPROXY is not supported (the proxy has no transparent listeners); use REDIRECT"
+        );
+        assert!(capture_args(&["-b", "http"]).to_config("").is_err());
     }
 
     #[test]

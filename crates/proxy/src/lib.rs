@@ -4,9 +4,13 @@
 //! Cluster, ClusterLoadAssignment) from `mizzen-pilot` over ADS, compiles the
 //! subset of Envoy's API that the pilot emits into immutable structures
 //! ([`config`]), and serves HTTP/1.1 and h2c with Envoy's routing semantics,
-//! local replies and response flags. A resource using anything it does not
-//! implement is NACKed with a reason naming the field; the last good config
-//! stays in force. A real Envoy given the same config must behave the same.
+//! local replies and response flags, and TCP through the TCP proxy filter.
+//! As a sidecar it takes traffic captured by iptables ([`capture`] installs
+//! the rules): outbound on 15001, handed off by original destination to
+//! per-service listeners, and inbound on 15006 ([`listener`]). A resource
+//! using anything it does not implement is NACKed with a reason naming the
+//! field; the last good config stays in force. A real Envoy given the same
+//! config must behave the same.
 //!
 //! The library holds everything so that tests and the local runtime can run
 //! proxies in-process ([`Proxy::start`]); the `mizzen-proxy` binary is a thin
@@ -14,12 +18,15 @@
 //! of their own, the data plane on a multi-thread runtime.
 
 pub mod admin;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod listener;
 pub mod record;
 pub mod state;
 pub mod stats;
+pub mod tcp;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -33,7 +40,8 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use record::{RequestObserver, RequestRecord, ResponseFlags};
+pub use listener::{OriginalDst, SocketOriginalDst};
+pub use record::{ConnectionRecord, RequestObserver, RequestRecord, ResponseFlags};
 pub use state::Readiness;
 pub use stats::Stats;
 
@@ -55,8 +63,11 @@ pub struct ProxyOptions {
     pub drain_timeout: Duration,
     /// Runtime for xDS and admin; `None` uses the caller's runtime.
     pub control_runtime: Option<Handle>,
-    /// Receives a record of every request.
+    /// Receives a record of every request and TCP connection.
     pub observer: Option<Arc<dyn RequestObserver>>,
+    /// How connections' original destinations are found; `None` reads
+    /// `SO_ORIGINAL_DST` ([`SocketOriginalDst`]). Tests substitute their own.
+    pub original_dst: Option<Arc<dyn OriginalDst>>,
 }
 
 impl ProxyOptions {
@@ -70,6 +81,7 @@ impl ProxyOptions {
             drain_timeout: Duration::from_secs(5),
             control_runtime: None,
             observer: None,
+            original_dst: None,
         }
     }
 }
@@ -123,13 +135,18 @@ impl Proxy {
         let data_runtime = Handle::current();
         let control = opts.control_runtime.clone().unwrap_or_else(Handle::current);
         let stats = Arc::new(Stats::default());
+        let original_dst = opts
+            .original_dst
+            .clone()
+            .unwrap_or_else(|| Arc::new(SocketOriginalDst));
         let state = Arc::new(ConfigState::new(
             stats,
             opts.observer.clone(),
+            original_dst,
             data_runtime,
             opts.drain_timeout,
         ));
-        let admin_socket = http::listener::bind(opts.admin_address)
+        let admin_socket = listener::bind(opts.admin_address)
             .with_context(|| format!("cannot bind the admin address {}", opts.admin_address))?;
         let admin_address = admin_socket.local_addr()?;
         let admin_listener = {
@@ -196,9 +213,19 @@ impl Proxy {
         Arc::new(Handler(self.state.clone()))
     }
 
-    /// Running listeners by name, with the address actually bound.
+    /// Running listeners that bind, by name, with the address actually bound
+    /// (`bind_to_port: false` listeners are left out).
     pub fn listener_addresses(&self) -> Vec<(String, SocketAddr)> {
         self.state.listener_addresses()
+    }
+
+    /// The bound address of the listener called `name`.
+    pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
+        self.state
+            .listener_addresses()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a)
     }
 
     pub fn stats(&self) -> Arc<Stats> {

@@ -1,4 +1,5 @@
-//! What happened to one request: the input of access logs and metrics.
+//! What happened to one request or one proxied TCP connection: the input of
+//! access logs and metrics.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -100,9 +101,39 @@ pub struct RequestRecord {
     pub details: &'static str,
 }
 
-/// Receives every completed [`RequestRecord`] (access logs, telemetry, tests).
+/// One connection through the TCP proxy filter, completed when it closes.
+#[derive(Debug, Clone)]
+pub struct ConnectionRecord {
+    pub start: SystemTime,
+    /// From the accept to the close of both sides.
+    pub duration: Duration,
+    pub listener: Arc<str>,
+    /// The filter chain's name (empty when it has none).
+    pub filter_chain: Arc<str>,
+    /// The TCP proxy's `stat_prefix`.
+    pub stat_prefix: Arc<str>,
+    pub downstream_remote: SocketAddr,
+    /// The destination as restored by `original_dst` (else the socket's
+    /// local address), as Envoy's `%DOWNSTREAM_LOCAL_ADDRESS%`.
+    pub downstream_local: SocketAddr,
+    pub cluster: Option<Arc<str>>,
+    pub upstream_host: Option<SocketAddr>,
+    /// The upstream connection's local address (e.g. 127.0.0.6:port).
+    pub upstream_local: Option<SocketAddr>,
+    /// Bytes read from the downstream connection (sent upstream).
+    pub bytes_received: u64,
+    /// Bytes written to the downstream connection (received from upstream).
+    pub bytes_sent: u64,
+    pub flags: ResponseFlags,
+}
+
+/// Receives every completed [`RequestRecord`] and [`ConnectionRecord`]
+/// (access logs, telemetry, tests).
 pub trait RequestObserver: Send + Sync + 'static {
     fn on_request(&self, record: &RequestRecord);
+
+    /// Called when a TCP-proxied connection ends.
+    fn on_connection(&self, _record: &ConnectionRecord) {}
 }
 
 #[cfg(test)]

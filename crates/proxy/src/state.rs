@@ -24,7 +24,8 @@ use tokio::sync::watch;
 use crate::config::{
     ClusterConfig, ConfigError, Discovery, EndpointSet, ListenerConfig, RouteTable, type_name,
 };
-use crate::http::listener::{self, ActiveListener, ListenerHandle};
+use crate::listener::handoff::HandoffTable;
+use crate::listener::{self, ActiveListener, ListenerHandle, ListenerShared, OriginalDst};
 use crate::record::RequestObserver;
 use crate::stats::{Stats, XdsStats};
 use crate::upstream::{ClusterEntry, Upstream};
@@ -41,6 +42,9 @@ pub(crate) struct DataPlane {
     pub snapshot: ArcSwap<Snapshot>,
     pub stats: Arc<Stats>,
     pub observer: Option<Arc<dyn RequestObserver>>,
+    /// `bind_to_port: false` listeners by address, for hand-offs.
+    pub handoff: ArcSwap<HandoffTable<Arc<ListenerShared>>>,
+    pub original_dst: Arc<dyn OriginalDst>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -147,6 +151,7 @@ impl ConfigState {
     pub(crate) fn new(
         stats: Arc<Stats>,
         observer: Option<Arc<dyn RequestObserver>>,
+        original_dst: Arc<dyn OriginalDst>,
         runtime: Handle,
         drain_timeout: Duration,
     ) -> ConfigState {
@@ -156,6 +161,8 @@ impl ConfigState {
                 snapshot: ArcSwap::from_pointee(Snapshot::default()),
                 stats,
                 observer,
+                handoff: ArcSwap::from_pointee(HandoffTable::default()),
+                original_dst,
             }),
             runtime,
             drain_timeout,
@@ -181,12 +188,22 @@ impl ConfigState {
         }
     }
 
-    /// Bound addresses of the running listeners, by listener name.
+    /// Bound addresses of the running listeners that bind, by listener name.
     pub(crate) fn listener_addresses(&self) -> Vec<(String, SocketAddr)> {
         self.lock()
             .handles
             .iter()
-            .map(|h| (h.name().to_string(), h.local))
+            .filter_map(|h| h.local.map(|a| (h.name().to_string(), a)))
+            .collect()
+    }
+
+    /// Every listener with its bound address, or its configured one when it
+    /// does not bind.
+    pub(crate) fn all_listener_addresses(&self) -> Vec<(String, SocketAddr)> {
+        self.lock()
+            .handles
+            .iter()
+            .map(|h| (h.name().to_string(), h.local.unwrap_or(h.configured)))
             .collect()
     }
 
@@ -359,10 +376,12 @@ impl ConfigState {
             compiled.iter().map(|(l, _)| l.name.as_str()),
             "listener",
         )?;
-        let mut by_address: HashMap<SocketAddr, &str> = HashMap::new();
+        // Bound listeners cannot share an address, and neither can the
+        // listeners that receive hand-offs.
+        let mut by_address: HashMap<(SocketAddr, bool), &str> = HashMap::new();
         for (l, cfg) in &compiled {
             if cfg.address.port() != 0
-                && let Some(other) = by_address.insert(cfg.address, &l.name)
+                && let Some(other) = by_address.insert((cfg.address, cfg.bind_to_port), &l.name)
             {
                 return Err(format!(
                     "listener {}: address {} is already used by listener {other}",
@@ -382,13 +401,16 @@ impl ConfigState {
             // Same address: keep the socket and swap the config in place.
             let reuse = old.iter().position(|h| {
                 h.as_ref().is_some_and(|h| {
-                    h.configured == cfg.address && (cfg.address.port() != 0 || *h.name() == *l.name)
+                    h.configured == cfg.address
+                        && h.is_bound() == cfg.bind_to_port
+                        && (cfg.address.port() != 0 || *h.name() == *l.name)
                 })
             });
             match reuse {
                 Some(j) if !plan.iter().any(|(_, r, _)| *r == Some(j)) => {
                     plan.push((i, Some(j), None))
                 }
+                _ if !cfg.bind_to_port => plan.push((i, None, None)),
                 _ => match listener::bind(cfg.address) {
                     Ok(sock) => plan.push((i, None, Some(sock))),
                     Err(e) => bind_errors.push(format!(
@@ -411,7 +433,7 @@ impl ConfigState {
                     h.update(active);
                     handles.push(h);
                 }
-            } else if let Some(sock) = sock {
+            } else {
                 match ListenerHandle::start(
                     sock,
                     cfg.address,
@@ -421,7 +443,14 @@ impl ConfigState {
                     self.drain_timeout,
                 ) {
                     Ok(h) => {
-                        tracing::info!(listener = %cfg.name, address = %h.local, "listener started");
+                        match h.local {
+                            Some(local) => {
+                                tracing::info!(listener = %cfg.name, address = %local, "listener started")
+                            }
+                            None => {
+                                tracing::info!(listener = %cfg.name, address = %cfg.address, "listener added (bind_to_port: false)")
+                            }
+                        }
                         handles.push(h);
                     }
                     Err(e) => {
@@ -430,6 +459,12 @@ impl ConfigState {
                 }
             }
         }
+        let mut table = HandoffTable::default();
+        for h in handles.iter().filter(|h| !h.is_bound()) {
+            // Addresses are unique among these (checked above).
+            let _ = table.insert(h.configured, h.shared.clone());
+        }
+        self.data.handoff.store(Arc::new(table));
         for h in old.into_iter().flatten() {
             tracing::info!(listener = %h.name(), "listener removed, draining");
             self.runtime.spawn(h.drain());
@@ -470,6 +505,7 @@ impl ConfigState {
             });
             let endpoints: &EndpointSet = match &cfg.discovery {
                 Discovery::Static(set) => set,
+                Discovery::OriginalDst { .. } => &empty,
                 Discovery::Eds { service_name } => store
                     .endpoints
                     .resources
@@ -519,6 +555,9 @@ impl ConfigState {
             store.shutting_down = true;
             std::mem::take(&mut store.handles)
         };
+        // The table refers back to the listeners: emptying it ends hand-offs
+        // and lets everything be freed.
+        self.data.handoff.store(Arc::new(HandoffTable::default()));
         self.data.stats.server_live.set(0);
         futures::future::join_all(handles.into_iter().map(|h| h.drain())).await;
     }
@@ -529,7 +568,7 @@ fn wanted_routes(store: &Store) -> BTreeSet<String> {
         .listeners
         .resources
         .values()
-        .filter_map(|a| a.compiled.rds_name().map(|n| n.to_string()))
+        .flat_map(|a| a.compiled.rds_names().map(|n| n.to_string()))
         .collect()
 }
 

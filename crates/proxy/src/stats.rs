@@ -16,6 +16,9 @@ impl Counter {
     pub fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -87,6 +90,9 @@ pub struct ClusterStats {
     pub upstream_cx_connect_fail: Counter,
     pub upstream_cx_connect_timeout: Counter,
     pub upstream_cx_none_healthy: Counter,
+    pub upstream_cx_rx_bytes_total: Counter,
+    pub upstream_cx_tx_bytes_total: Counter,
+    pub upstream_cx_connect_attempts_exceeded: Counter,
     pub membership_healthy: Gauge,
     pub membership_total: Gauge,
 }
@@ -104,6 +110,9 @@ impl Default for ClusterStats {
             upstream_cx_connect_fail: Counter::default(),
             upstream_cx_connect_timeout: Counter::default(),
             upstream_cx_none_healthy: Counter::default(),
+            upstream_cx_rx_bytes_total: Counter::default(),
+            upstream_cx_tx_bytes_total: Counter::default(),
+            upstream_cx_connect_attempts_exceeded: Counter::default(),
             membership_healthy: Gauge::default(),
             membership_total: Gauge::default(),
         }
@@ -127,6 +136,25 @@ impl ClusterStats {
 pub struct ListenerStats {
     pub downstream_cx_total: Counter,
     pub downstream_cx_active: Gauge,
+    /// Connections closed because no filter chain matched.
+    pub no_filter_chain_match: Counter,
+    /// Connections whose listener filters timed out.
+    pub downstream_pre_cx_timeout: Counter,
+    /// Connections closed by the peer while listener filters ran.
+    pub downstream_listener_filter_remote_close: Counter,
+}
+
+/// `tcp.<stat_prefix>.*` (the TCP proxy filter).
+#[derive(Debug, Default)]
+pub struct TcpStats {
+    pub downstream_cx_total: Counter,
+    /// The cluster does not exist.
+    pub downstream_cx_no_route: Counter,
+    /// Bytes written to the downstream connection.
+    pub downstream_cx_tx_bytes_total: Counter,
+    /// Bytes read from the downstream connection.
+    pub downstream_cx_rx_bytes_total: Counter,
+    pub idle_timeout: Counter,
 }
 
 /// Counters of one xDS type (`cluster_manager.cds.*`, `listener_manager.lds.*`...).
@@ -142,6 +170,7 @@ pub struct Stats {
     http: Mutex<BTreeMap<String, Arc<HttpStats>>>,
     clusters: Mutex<BTreeMap<String, Arc<ClusterStats>>>,
     listeners: Mutex<BTreeMap<String, Arc<ListenerStats>>>,
+    tcp: Mutex<BTreeMap<String, Arc<TcpStats>>>,
     pub cds: XdsStats,
     pub eds: XdsStats,
     pub lds: XdsStats,
@@ -175,6 +204,10 @@ impl Stats {
 
     pub fn listener(&self, stat_prefix: &str) -> Arc<ListenerStats> {
         get_or_create(&self.listeners, stat_prefix)
+    }
+
+    pub fn tcp(&self, stat_prefix: &str) -> Arc<TcpStats> {
+        get_or_create(&self.tcp, stat_prefix)
     }
 
     /// Every stat as `(name, value)`, sorted by name.
@@ -245,6 +278,18 @@ impl Stats {
                 s.upstream_cx_none_healthy.get(),
             );
             push(
+                n("upstream_cx_rx_bytes_total"),
+                s.upstream_cx_rx_bytes_total.get(),
+            );
+            push(
+                n("upstream_cx_tx_bytes_total"),
+                s.upstream_cx_tx_bytes_total.get(),
+            );
+            push(
+                n("upstream_cx_connect_attempts_exceeded"),
+                s.upstream_cx_connect_attempts_exceeded.get(),
+            );
+            push(
                 n("membership_healthy"),
                 s.membership_healthy.get().max(0) as u64,
             );
@@ -262,6 +307,32 @@ impl Stats {
                 format!("listener.{l}.downstream_cx_active"),
                 s.downstream_cx_active.get().max(0) as u64,
             );
+            push(
+                format!("listener.{l}.no_filter_chain_match"),
+                s.no_filter_chain_match.get(),
+            );
+            push(
+                format!("listener.{l}.downstream_pre_cx_timeout"),
+                s.downstream_pre_cx_timeout.get(),
+            );
+            push(
+                format!("listener.{l}.downstream_listener_filter_remote_close"),
+                s.downstream_listener_filter_remote_close.get(),
+            );
+        }
+        for (p, s) in snapshot(&self.tcp) {
+            let n = |s: &str| format!("tcp.{p}.{s}");
+            push(n("downstream_cx_total"), s.downstream_cx_total.get());
+            push(n("downstream_cx_no_route"), s.downstream_cx_no_route.get());
+            push(
+                n("downstream_cx_tx_bytes_total"),
+                s.downstream_cx_tx_bytes_total.get(),
+            );
+            push(
+                n("downstream_cx_rx_bytes_total"),
+                s.downstream_cx_rx_bytes_total.get(),
+            );
+            push(n("idle_timeout"), s.idle_timeout.get());
         }
         for (prefix, x) in [
             ("cluster_manager.cds", &self.cds),
@@ -363,6 +434,11 @@ impl Stats {
                         );
                     }
                 }
+                "tcp" => {
+                    if let Some((prefix, stat)) = rest.rsplit_once('.') {
+                        line(&format!("tcp_{stat}"), &[("envoy_tcp_prefix", prefix)], v);
+                    }
+                }
                 _ => line(&name.replace('.', "_"), &[], v),
             }
         }
@@ -385,7 +461,11 @@ mod tests {
             .downstream_rq_xx
             .record(503);
         stats.server_live.set(1);
+        let t = stats.tcp("outbound|9000||echo");
+        t.downstream_cx_total.inc();
+        t.downstream_cx_rx_bytes_total.add(5);
         let text = stats.render_text();
+        assert!(text.contains("tcp.outbound|9000||echo.downstream_cx_rx_bytes_total: 5\n"));
         assert!(
             text.contains("cluster.outbound|80||b.upstream_rq_200: 1\n"),
             "{text}"
@@ -396,5 +476,11 @@ mod tests {
         assert!(text.contains("server.live: 1\n"));
         let prom = stats.render_prometheus();
         assert!(prom.contains("envoy_cluster_upstream_rq{envoy_response_code=\"200\",envoy_cluster_name=\"outbound|80||b\"} 1"), "{prom}");
+        assert!(
+            prom.contains(
+                "envoy_tcp_downstream_cx_total{envoy_tcp_prefix=\"outbound|9000||echo\"} 1"
+            ),
+            "{prom}"
+        );
     }
 }

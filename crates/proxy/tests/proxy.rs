@@ -613,7 +613,7 @@ async fn proxies_http1_and_h2c_with_envoy_semantics() {
     // A bad update is NACKed with a reason and changes nothing.
     let mut bad = listener("outbound_http", "127.0.0.1:0".parse().unwrap(), "http");
     bad.filter_chains[0].filters[0] = Filter {
-        name: "envoy.filters.network.tcp_proxy".into(),
+        name: "envoy.filters.network.redis_proxy".into(),
         config_type: None,
     };
     let err = proxy
@@ -621,7 +621,7 @@ async fn proxies_http1_and_h2c_with_envoy_semantics() {
         .unwrap_err();
     assert_eq!(
         err,
-        "listener outbound_http: filter envoy.filters.network.tcp_proxy is not supported"
+        "listener outbound_http: filter envoy.filters.network.redis_proxy is not supported"
     );
     assert_eq!(h1(addr, "service-b", "/").await.status, StatusCode::OK);
 

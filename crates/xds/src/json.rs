@@ -19,7 +19,10 @@ use pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use pb::envoy::config::listener::v3::{Listener, filter as listener_filter};
 use pb::envoy::config::route::v3 as route;
 use pb::envoy::extensions::filters::http::router::v3::Router;
+use pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
+use pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use pb::envoy::r#type::matcher::v3 as matcher;
 use pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
@@ -142,6 +145,15 @@ pub fn any(a: &Any) -> Option<Value> {
             http_connection_manager(&hcm::HttpConnectionManager::decode(bytes).ok()?)
         }
         "envoy.extensions.filters.http.router.v3.Router" => router(&Router::decode(bytes).ok()?),
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => {
+            tcp_proxy(&tcp::TcpProxy::decode(bytes).ok()?)
+        }
+        "envoy.extensions.filters.listener.original_dst.v3.OriginalDst" => Obj::default()
+            .check(&OriginalDst::decode(bytes).ok()?, |_| {})
+            .done(),
+        "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" => Obj::default()
+            .check(&HttpInspector::decode(bytes).ok()?, |_| {})
+            .done(),
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => {
             upstream_http_protocol_options(&HttpProtocolOptions::decode(bytes).ok()?)
         }
@@ -349,52 +361,109 @@ fn transport_socket(t: &core::TransportSocket) -> Value {
 // Listener and HTTP connection manager
 // ---------------------------------------------------------------------------
 
+fn cidr_range(r: &core::CidrRange) -> Value {
+    Obj::default()
+        .str("address_prefix", &r.address_prefix)
+        .wu32("prefix_len", &r.prefix_len)
+        .done()
+}
+
+fn filter_chain_match(m: &pb::envoy::config::listener::v3::FilterChainMatch) -> Value {
+    Obj::default()
+        .wu32("destination_port", &m.destination_port)
+        .arr("prefix_ranges", &m.prefix_ranges, cidr_range)
+        .arr("source_prefix_ranges", &m.source_prefix_ranges, cidr_range)
+        .arr(
+            "direct_source_prefix_ranges",
+            &m.direct_source_prefix_ranges,
+            cidr_range,
+        )
+        .arr("source_ports", &m.source_ports, |p| Value::from(*p))
+        .strs("server_names", &m.server_names)
+        .str("transport_protocol", &m.transport_protocol)
+        .strs("application_protocols", &m.application_protocols)
+        .check(m, |m| {
+            m.destination_port = None;
+            m.prefix_ranges.clear();
+            m.source_prefix_ranges.clear();
+            m.direct_source_prefix_ranges.clear();
+            m.source_ports.clear();
+            m.server_names.clear();
+            m.transport_protocol.clear();
+            m.application_protocols.clear();
+        })
+        .done()
+}
+
+fn filter_chain(fc: &pb::envoy::config::listener::v3::FilterChain) -> Value {
+    Obj::default()
+        .val(
+            "filter_chain_match",
+            fc.filter_chain_match.as_ref().map(filter_chain_match),
+        )
+        .arr("filters", &fc.filters, |f| {
+            let o = Obj::default().str("name", &f.name);
+            match &f.config_type {
+                Some(listener_filter::ConfigType::TypedConfig(a)) => {
+                    o.val("typed_config", Some(any_or_marker(a)))
+                }
+                Some(listener_filter::ConfigType::ConfigDiscovery(_)) => o.val(
+                    "config_discovery",
+                    Some(serde_json::json!({"@unrendered": true})),
+                ),
+                None => o,
+            }
+            .done()
+        })
+        .val(
+            "transport_socket",
+            fc.transport_socket.as_ref().map(transport_socket),
+        )
+        .val("metadata", metadata(&fc.metadata))
+        .str("name", &fc.name)
+        .check(fc, |fc| {
+            fc.filter_chain_match = None;
+            fc.name.clear();
+            fc.filters.clear();
+            fc.transport_socket = None;
+            fc.metadata = None;
+        })
+        .done()
+}
+
 pub fn listener(l: &Listener) -> Value {
+    use pb::envoy::config::listener::v3::listener_filter::ConfigType as LfConfig;
     Obj::default()
         .str("name", &l.name)
         .val("address", l.address.as_ref().map(address))
         .str("stat_prefix", &l.stat_prefix)
-        .arr("filter_chains", &l.filter_chains, |fc| {
-            Obj::default()
-                .str("name", &fc.name)
-                .arr("filters", &fc.filters, |f| {
-                    let o = Obj::default().str("name", &f.name);
-                    match &f.config_type {
-                        Some(listener_filter::ConfigType::TypedConfig(a)) => {
-                            o.val("typed_config", Some(any_or_marker(a)))
-                        }
-                        Some(listener_filter::ConfigType::ConfigDiscovery(_)) => o.val(
-                            "config_discovery",
-                            Some(serde_json::json!({"@unrendered": true})),
-                        ),
-                        None => o,
-                    }
-                    .done()
-                })
-                .val(
-                    "transport_socket",
-                    fc.transport_socket.as_ref().map(transport_socket),
-                )
-                .val("metadata", metadata(&fc.metadata))
-                .check(fc, |fc| {
-                    fc.name.clear();
-                    fc.filters.clear();
-                    fc.transport_socket = None;
-                    fc.metadata = None;
-                })
-                .done()
-        })
+        .arr("filter_chains", &l.filter_chains, filter_chain)
+        .val(
+            "default_filter_chain",
+            l.default_filter_chain.as_ref().map(filter_chain),
+        )
         .wbool("use_original_dst", &l.use_original_dst)
         .arr("listener_filters", &l.listener_filters, |f| {
             let o = Obj::default().str("name", &f.name);
             match &f.config_type {
-                Some(
-                    pb::envoy::config::listener::v3::listener_filter::ConfigType::TypedConfig(a),
-                ) => o.val("typed_config", Some(any_or_marker(a))),
-                _ => o,
+                Some(LfConfig::TypedConfig(a)) => o.val("typed_config", Some(any_or_marker(a))),
+                Some(LfConfig::ConfigDiscovery(_)) => o.val(
+                    "config_discovery",
+                    Some(serde_json::json!({"@unrendered": true})),
+                ),
+                None => o,
             }
+            .check(f, |f| {
+                f.name.clear();
+                f.config_type = None;
+            })
             .done()
         })
+        .dur("listener_filters_timeout", &l.listener_filters_timeout)
+        .bool(
+            "continue_on_listener_filters_timeout",
+            l.continue_on_listener_filters_timeout,
+        )
         .wbool("bind_to_port", &l.bind_to_port)
         .val("metadata", metadata(&l.metadata))
         .enum_(
@@ -409,11 +478,50 @@ pub fn listener(l: &Listener) -> Value {
             l.address = None;
             l.stat_prefix.clear();
             l.filter_chains.clear();
+            l.default_filter_chain = None;
             l.use_original_dst = None;
             l.listener_filters.clear();
+            l.listener_filters_timeout = None;
+            l.continue_on_listener_filters_timeout = false;
             l.bind_to_port = None;
             l.metadata = None;
             l.traffic_direction = 0;
+        })
+        .done()
+}
+
+/// `envoy.filters.network.tcp_proxy`'s config.
+pub fn tcp_proxy(t: &tcp::TcpProxy) -> Value {
+    use tcp::tcp_proxy::ClusterSpecifier;
+    let o = Obj::default().str("stat_prefix", &t.stat_prefix);
+    let o = match &t.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(c)) => o.val("cluster", Some(Value::String(c.clone()))),
+        Some(ClusterSpecifier::WeightedClusters(w)) => o.val(
+            "weighted_clusters",
+            Some(
+                Obj::default()
+                    .arr("clusters", &w.clusters, |c| {
+                        Obj::default()
+                            .str("name", &c.name)
+                            .u32("weight", c.weight)
+                            .check(c, |c| {
+                                c.name.clear();
+                                c.weight = 0;
+                            })
+                            .done()
+                    })
+                    .done(),
+            ),
+        ),
+        None => o,
+    };
+    o.dur("idle_timeout", &t.idle_timeout)
+        .wu32("max_connect_attempts", &t.max_connect_attempts)
+        .check(t, |t| {
+            t.stat_prefix.clear();
+            t.cluster_specifier = None;
+            t.idle_timeout = None;
+            t.max_connect_attempts = None;
         })
         .done()
 }
@@ -1039,7 +1147,49 @@ pub fn cluster(c: &Cluster) -> Value {
             "transport_socket",
             c.transport_socket.as_ref().map(transport_socket),
         )
-        .val("metadata", metadata(&c.metadata));
+        .val("metadata", metadata(&c.metadata))
+        .dur("cleanup_interval", &c.cleanup_interval)
+        .val(
+            "upstream_bind_config",
+            c.upstream_bind_config.as_ref().map(|b| {
+                Obj::default()
+                    .val(
+                        "source_address",
+                        b.source_address.as_ref().map(|sa| {
+                            let a = core::Address {
+                                address: Some(core::address::Address::SocketAddress(sa.clone())),
+                            };
+                            address(&a)
+                                .get("socket_address")
+                                .cloned()
+                                .unwrap_or_default()
+                        }),
+                    )
+                    .wbool("freebind", &b.freebind)
+                    .check(b, |b| {
+                        b.source_address = None;
+                        b.freebind = None;
+                    })
+                    .done()
+            }),
+        );
+    if let Some(cluster::LbConfig::OriginalDstLbConfig(od)) = &c.lb_config {
+        o = o.val(
+            "original_dst_lb_config",
+            Some(
+                Obj::default()
+                    .bool("use_http_header", od.use_http_header)
+                    .str("http_header_name", &od.http_header_name)
+                    .wu32("upstream_port_override", &od.upstream_port_override)
+                    .check(od, |od| {
+                        od.use_http_header = false;
+                        od.http_header_name.clear();
+                        od.upstream_port_override = None;
+                    })
+                    .done(),
+            ),
+        );
+    }
     if !protocol_options.is_empty() {
         o.0.insert(
             "typed_extension_protocol_options".into(),
@@ -1083,6 +1233,11 @@ pub fn cluster(c: &Cluster) -> Value {
         c.metadata = None;
         c.typed_extension_protocol_options.clear();
         c.circuit_breakers = None;
+        c.cleanup_interval = None;
+        c.upstream_bind_config = None;
+        if matches!(c.lb_config, Some(cluster::LbConfig::OriginalDstLbConfig(_))) {
+            c.lb_config = None;
+        }
     })
     .done()
 }
@@ -1289,6 +1444,146 @@ mod tests {
         };
         assert!(any(&unknown).is_none());
         assert_eq!(any_or_marker(&unknown)["@unrendered"], true);
+    }
+
+    #[test]
+    fn capture_listener_and_original_dst_cluster() {
+        use pb::envoy::config::listener::v3::{
+            Filter, FilterChain, FilterChainMatch, ListenerFilter,
+        };
+        let tcp = |cluster: &str| Filter {
+            name: "envoy.filters.network.tcp_proxy".into(),
+            config_type: Some(
+                pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(pack(
+                    &tcp::TcpProxy {
+                        stat_prefix: cluster.into(),
+                        cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(
+                            cluster.into(),
+                        )),
+                        idle_timeout: Some(Duration {
+                            seconds: 0,
+                            nanos: 0,
+                        }),
+                        ..Default::default()
+                    },
+                )),
+            ),
+        };
+        let l = Listener {
+            name: "virtualInbound".into(),
+            address: Some(core::Address {
+                address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                    address: "0.0.0.0".into(),
+                    port_specifier: Some(core::socket_address::PortSpecifier::PortValue(15006)),
+                    ..Default::default()
+                })),
+            }),
+            listener_filters: vec![ListenerFilter {
+                name: "envoy.filters.listener.original_dst".into(),
+                config_type: Some(
+                    pb::envoy::config::listener::v3::listener_filter::ConfigType::TypedConfig(
+                        pack(&OriginalDst {}),
+                    ),
+                ),
+                ..Default::default()
+            }],
+            listener_filters_timeout: Some(Duration {
+                seconds: 0,
+                nanos: 100_000_000,
+            }),
+            continue_on_listener_filters_timeout: true,
+            filter_chains: vec![FilterChain {
+                name: "0.0.0.0_8080".into(),
+                filter_chain_match: Some(FilterChainMatch {
+                    destination_port: Some(UInt32Value { value: 8080 }),
+                    prefix_ranges: vec![core::CidrRange {
+                        address_prefix: "10.0.0.0".into(),
+                        prefix_len: Some(UInt32Value { value: 8 }),
+                    }],
+                    transport_protocol: "raw_buffer".into(),
+                    application_protocols: vec!["http/1.1".into(), "h2c".into()],
+                    ..Default::default()
+                }),
+                filters: vec![tcp("inbound|8080||")],
+                ..Default::default()
+            }],
+            default_filter_chain: Some(FilterChain {
+                filters: vec![tcp("InboundPassthroughCluster")],
+                ..Default::default()
+            }),
+            bind_to_port: Some(BoolValue { value: false }),
+            use_original_dst: Some(BoolValue { value: true }),
+            traffic_direction: core::TrafficDirection::Inbound as i32,
+            ..Default::default()
+        };
+        let tcp_json = |c: &str| {
+            json!({
+                "name": "envoy.filters.network.tcp_proxy",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": c,
+                    "cluster": c,
+                    "idle_timeout": "0s"
+                }
+            })
+        };
+        assert_eq!(
+            listener(&l),
+            json!({
+                "name": "virtualInbound",
+                "address": {"socket_address": {"address": "0.0.0.0", "port_value": 15006}},
+                "filter_chains": [{
+                    "filter_chain_match": {
+                        "destination_port": 8080,
+                        "prefix_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8}],
+                        "transport_protocol": "raw_buffer",
+                        "application_protocols": ["http/1.1", "h2c"]
+                    },
+                    "filters": [tcp_json("inbound|8080||")],
+                    "name": "0.0.0.0_8080"
+                }],
+                "default_filter_chain": {"filters": [tcp_json("InboundPassthroughCluster")]},
+                "use_original_dst": true,
+                "listener_filters": [{
+                    "name": "envoy.filters.listener.original_dst",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}
+                }],
+                "listener_filters_timeout": "0.100s",
+                "continue_on_listener_filters_timeout": true,
+                "bind_to_port": false,
+                "traffic_direction": "INBOUND"
+            })
+        );
+        let c = Cluster {
+            name: "InboundPassthroughCluster".into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::OriginalDst as i32,
+            )),
+            lb_policy: cluster::LbPolicy::ClusterProvided as i32,
+            cleanup_interval: Some(Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            upstream_bind_config: Some(core::BindConfig {
+                source_address: Some(core::SocketAddress {
+                    address: "127.0.0.6".into(),
+                    port_specifier: Some(core::socket_address::PortSpecifier::PortValue(0)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            super::cluster(&c),
+            json!({
+                "name": "InboundPassthroughCluster",
+                "type": "ORIGINAL_DST",
+                "lb_policy": "CLUSTER_PROVIDED",
+                "cleanup_interval": "60s",
+                "upstream_bind_config": {"source_address": {"address": "127.0.0.6"}}
+            })
+        );
     }
 
     #[test]

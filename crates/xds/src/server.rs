@@ -210,12 +210,8 @@ impl<G: Generator> Connection<G> {
                         reason = %error.message,
                         "proxy rejected config (NACK)"
                     );
-                    self.status.nacked(
-                        self.id,
-                        &type_url,
-                        &request.version_info,
-                        &error.message,
-                    );
+                    self.status
+                        .nacked(self.id, &type_url, &request.version_info, &error.message);
                 }
                 None => self.status.acked(self.id, &type_url, &request.version_info),
             }
@@ -390,7 +386,8 @@ impl SyncStatus {
                             "resources": t.sent_resources.len(),
                         });
                         if let Some((version, reason)) = &t.nack {
-                            entry["nack"] = serde_json::json!({"version": version, "reason": reason});
+                            entry["nack"] =
+                                serde_json::json!({"version": version, "reason": reason});
                         }
                         (short.to_string(), entry)
                     })

@@ -165,12 +165,22 @@ async fn syncs_pushes_nacks_and_recovers() {
     eventually("CDS NACKed", || state("CDS") == Some("NACKED")).await;
     let nack = status.snapshot()[0].types["CDS"].nack.clone().unwrap();
     assert_eq!(nack.1, "cluster bad-one: refused by the test");
-    assert_eq!(*handler.clusters.lock().unwrap(), vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(
+        *handler.clusters.lock().unwrap(),
+        vec!["a".to_string(), "b".to_string()]
+    );
     let syncz = status.to_json();
-    assert_eq!(syncz[0]["types"]["CDS"]["nack"]["reason"], "cluster bad-one: refused by the test");
+    assert_eq!(
+        syncz[0]["types"]["CDS"]["nack"]["reason"],
+        "cluster bad-one: refused by the test"
+    );
 
     // Fixing the config clears the NACK.
-    generator.clusters.lock().unwrap().retain(|c| !c.starts_with("bad"));
+    generator
+        .clusters
+        .lock()
+        .unwrap()
+        .retain(|c| !c.starts_with("bad"));
     generator.clusters.lock().unwrap().push("c".into());
     generation.send_replace(4);
     eventually("CDS synced again", || state("CDS") == Some("SYNCED")).await;

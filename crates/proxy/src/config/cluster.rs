@@ -1,5 +1,6 @@
 //! `Cluster` → [`ClusterConfig`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,11 +15,15 @@ use pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
 };
 
 use super::check::reject_unknown;
-use super::endpoint::{EndpointSet, compile_in};
+use super::endpoint::{EndpointSet, compile_in, plain_socket_address};
 use super::{ConfigError, Scope, duration, fields, join, unpack};
 
 /// Envoy's `connect_timeout` when unset.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Envoy's `cleanup_interval` when unset: how long an ORIGINAL_DST host may
+/// stay unused before it is forgotten.
+pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Key of the upstream HTTP options in `typed_extension_protocol_options`.
 pub const HTTP_PROTOCOL_OPTIONS_KEY: &str =
@@ -31,6 +36,8 @@ pub struct ClusterConfig {
     pub lb: LbPolicy,
     pub connect_timeout: Duration,
     pub protocol: UpstreamProtocol,
+    /// `upstream_bind_config.source_address`: bound before connecting.
+    pub source_address: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +47,11 @@ pub enum Discovery {
         service_name: Arc<str>,
     },
     Static(Arc<EndpointSet>),
+    /// ORIGINAL_DST: the host is the downstream connection's original
+    /// destination; hosts unused for `cleanup_interval` are forgotten.
+    OriginalDst {
+        cleanup_interval: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +59,8 @@ pub enum LbPolicy {
     RoundRobin,
     Random,
     LeastRequest,
+    /// CLUSTER_PROVIDED: the cluster type chooses (ORIGINAL_DST only).
+    ClusterProvided,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +86,11 @@ impl ClusterConfig {
             c.typed_extension_protocol_options.clear();
             c.http2_protocol_options = None;
             c.metadata = None;
+            c.upstream_bind_config = None;
+            c.cleanup_interval = None;
+            if let Some(cluster::LbConfig::OriginalDstLbConfig(_)) = &c.lb_config {
+                c.lb_config = None;
+            }
         })?;
         if c.name.is_empty() {
             return Err(scope.missing("name"));
@@ -129,18 +148,97 @@ impl ClusterConfig {
                 };
                 Discovery::Static(Arc::new(set))
             }
+            DiscoveryType::OriginalDst => {
+                if c.load_assignment.is_some() {
+                    return Err(
+                        scope.invalid("load_assignment", "not allowed on an ORIGINAL_DST cluster")
+                    );
+                }
+                if c.eds_cluster_config.is_some() {
+                    return Err(
+                        scope.invalid("eds_cluster_config", "only allowed on an EDS cluster")
+                    );
+                }
+                if let Some(cluster::LbConfig::OriginalDstLbConfig(o)) = &c.lb_config {
+                    reject_unknown(
+                        scope,
+                        "original_dst_lb_config",
+                        o,
+                        fields::ORIGINAL_DST_LB_CONFIG,
+                        |_| {},
+                    )?;
+                }
+                let cleanup_interval = match &c.cleanup_interval {
+                    None => DEFAULT_CLEANUP_INTERVAL,
+                    Some(d) => duration(scope, "cleanup_interval", d)?,
+                };
+                Discovery::OriginalDst { cleanup_interval }
+            }
             other => {
                 return Err(scope.unsupported(format!("type {}", other.as_str_name())));
             }
         };
+        if let Some(cluster::LbConfig::OriginalDstLbConfig(_)) = &c.lb_config
+            && kind != DiscoveryType::OriginalDst
+        {
+            return Err(scope.invalid(
+                "original_dst_lb_config",
+                "only allowed on an ORIGINAL_DST cluster",
+            ));
+        }
         let lb = match cluster::LbPolicy::try_from(c.lb_policy) {
             Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
             Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
             Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+            Ok(cluster::LbPolicy::ClusterProvided) => LbPolicy::ClusterProvided,
             Ok(other) => {
                 return Err(scope.unsupported(format!("lb_policy {}", other.as_str_name())));
             }
             Err(_) => return Err(scope.invalid("lb_policy", "unknown enum value")),
+        };
+        // Envoy's rule: ORIGINAL_DST clusters pick their own host and take
+        // no other policy; CLUSTER_PROVIDED means nothing for other types.
+        match (&discovery, lb) {
+            (Discovery::OriginalDst { .. }, LbPolicy::ClusterProvided) => {}
+            (Discovery::OriginalDst { .. }, _) => {
+                return Err(scope.invalid(
+                    "lb_policy",
+                    "only CLUSTER_PROVIDED is allowed with cluster type ORIGINAL_DST",
+                ));
+            }
+            (_, LbPolicy::ClusterProvided) => {
+                return Err(scope.invalid(
+                    "lb_policy",
+                    "CLUSTER_PROVIDED is only allowed with cluster type ORIGINAL_DST",
+                ));
+            }
+            _ => {}
+        }
+        let source_address = match &c.upstream_bind_config {
+            None => None,
+            Some(b) => {
+                let path = "upstream_bind_config";
+                reject_unknown(scope, path, b, fields::BIND_CONFIG, |b| {
+                    b.source_address = None;
+                })?;
+                match &b.source_address {
+                    Some(sa) => {
+                        // The port may be left out: any port (0) is meant.
+                        let mut sa = sa.clone();
+                        sa.port_specifier.get_or_insert(
+                            pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(
+                                0,
+                            ),
+                        );
+                        Some(plain_socket_address(
+                            scope,
+                            &join(path, "source_address"),
+                            &sa,
+                        )?)
+                    }
+                    None => return Err(scope.missing(join(path, "source_address"))),
+                }
+            }
         };
         let connect_timeout = match &c.connect_timeout {
             None => DEFAULT_CONNECT_TIMEOUT,
@@ -171,6 +269,7 @@ impl ClusterConfig {
             lb,
             connect_timeout,
             protocol,
+            source_address,
         })
     }
 
@@ -178,7 +277,7 @@ impl ClusterConfig {
     pub fn eds_service_name(&self) -> Option<&Arc<str>> {
         match &self.discovery {
             Discovery::Eds { service_name } => Some(service_name),
-            Discovery::Static(_) => None,
+            Discovery::Static(_) | Discovery::OriginalDst { .. } => None,
         }
     }
 }
@@ -307,6 +406,113 @@ mod tests {
         }
     }
 
+    trait WithLb {
+        fn with_lb(self, lb: cluster::LbPolicy) -> Self;
+    }
+
+    impl WithLb for Cluster {
+        fn with_lb(mut self, lb: cluster::LbPolicy) -> Cluster {
+            self.lb_policy = lb as i32;
+            self
+        }
+    }
+
+    fn socket(ip: &str, port: Option<u32>) -> pb::envoy::config::core::v3::SocketAddress {
+        pb::envoy::config::core::v3::SocketAddress {
+            address: ip.into(),
+            port_specifier: port
+                .map(pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue),
+            ..Default::default()
+        }
+    }
+
+    /// Istio's PassthroughCluster / InboundPassthroughCluster shape.
+    fn original_dst(
+        name: &str,
+        bind: Option<pb::envoy::config::core::v3::SocketAddress>,
+    ) -> Cluster {
+        Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::OriginalDst as i32,
+            )),
+            lb_policy: cluster::LbPolicy::ClusterProvided as i32,
+            connect_timeout: Some(pb::google::protobuf::Duration {
+                seconds: 10,
+                nanos: 0,
+            }),
+            upstream_bind_config: bind.map(|sa| pb::envoy::config::core::v3::BindConfig {
+                source_address: Some(sa),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn original_dst_clusters() {
+        let c = ClusterConfig::compile(&original_dst("PassthroughCluster", None)).unwrap();
+        assert_eq!(
+            c.discovery,
+            Discovery::OriginalDst {
+                cleanup_interval: DEFAULT_CLEANUP_INTERVAL
+            }
+        );
+        assert_eq!(c.lb, LbPolicy::ClusterProvided);
+        assert_eq!(c.source_address, None);
+        assert_eq!(c.eds_service_name(), None);
+        let mut inbound = original_dst(
+            "InboundPassthroughCluster",
+            Some(socket("127.0.0.6", Some(0))),
+        );
+        inbound.cleanup_interval = Some(pb::google::protobuf::Duration {
+            seconds: 60,
+            nanos: 0,
+        });
+        inbound.lb_config = Some(cluster::LbConfig::OriginalDstLbConfig(Default::default()));
+        let c = ClusterConfig::compile(&inbound).unwrap();
+        assert_eq!(c.source_address, Some("127.0.0.6:0".parse().unwrap()));
+        assert_eq!(
+            c.discovery,
+            Discovery::OriginalDst {
+                cleanup_interval: Duration::from_secs(60)
+            }
+        );
+        // The port of a bind address may be left out.
+        let c = ClusterConfig::compile(&original_dst("x", Some(socket("::6", None)))).unwrap();
+        assert_eq!(c.source_address, Some("[::6]:0".parse().unwrap()));
+    }
+
+    /// A STATIC cluster without endpoints (Istio's BlackHoleCluster) and an
+    /// inbound cluster bound to 127.0.0.6.
+    #[test]
+    fn blackhole_and_bound_static_clusters() {
+        let blackhole = Cluster {
+            name: "BlackHoleCluster".into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Static as i32,
+            )),
+            connect_timeout: Some(pb::google::protobuf::Duration {
+                seconds: 10,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let c = ClusterConfig::compile(&blackhole).unwrap();
+        assert_eq!(
+            c.discovery,
+            Discovery::Static(Arc::new(EndpointSet::default()))
+        );
+        let mut inbound = blackhole.clone();
+        inbound.name = "inbound|8080||".into();
+        inbound.upstream_bind_config = Some(pb::envoy::config::core::v3::BindConfig {
+            source_address: Some(socket("127.0.0.6", Some(0))),
+            ..Default::default()
+        });
+        let c = ClusterConfig::compile(&inbound).unwrap();
+        assert_eq!(c.source_address, Some("127.0.0.6:0".parse().unwrap()));
+    }
+
     #[test]
     fn eds_cluster_defaults() {
         let c = ClusterConfig::compile(&eds("outbound|80||b.default.svc.cluster.local")).unwrap();
@@ -348,11 +554,58 @@ mod tests {
             (
                 Cluster {
                     cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
-                        cluster::DiscoveryType::OriginalDst as i32,
+                        cluster::DiscoveryType::StrictDns as i32,
                     )),
+                    eds_cluster_config: None,
                     ..eds("c")
                 },
-                "cluster c: type ORIGINAL_DST is not supported",
+                "cluster c: type STRICT_DNS is not supported",
+            ),
+            (
+                Cluster {
+                    eds_cluster_config: None,
+                    ..original_dst("c", None)
+                }
+                .with_lb(cluster::LbPolicy::RoundRobin),
+                "cluster c: lb_policy: only CLUSTER_PROVIDED is allowed with cluster type ORIGINAL_DST",
+            ),
+            (
+                eds("c").with_lb(cluster::LbPolicy::ClusterProvided),
+                "cluster c: lb_policy: CLUSTER_PROVIDED is only allowed with cluster type ORIGINAL_DST",
+            ),
+            (
+                Cluster {
+                    load_assignment: Some(Default::default()),
+                    ..original_dst("c", None)
+                },
+                "cluster c: load_assignment: not allowed on an ORIGINAL_DST cluster",
+            ),
+            (
+                Cluster {
+                    lb_config: Some(cluster::LbConfig::OriginalDstLbConfig(
+                        cluster::OriginalDstLbConfig {
+                            use_http_header: true,
+                            ..Default::default()
+                        },
+                    )),
+                    ..original_dst("c", None)
+                },
+                "cluster c: original_dst_lb_config.use_http_header is not supported",
+            ),
+            (
+                Cluster {
+                    upstream_bind_config: Some(pb::envoy::config::core::v3::BindConfig {
+                        source_address: Some(socket("127.0.0.6", None)),
+                        freebind: Some(pb::google::protobuf::BoolValue { value: true }),
+                        ..Default::default()
+                    }),
+                    ..original_dst("c", None)
+                },
+                "cluster c: upstream_bind_config.freebind is not supported",
+            ),
+            (
+                original_dst("c", Some(socket("localhost", Some(0)))),
+                "cluster c: upstream_bind_config.source_address.address: \"localhost\" is not an IP address",
             ),
             (
                 Cluster {

@@ -145,7 +145,16 @@ pub(crate) fn socket_address(
         }
         None => return Err(scope.missing(join(path, "socket_address"))),
     };
-    let spath = join(path, "socket_address");
+    plain_socket_address(scope, &join(path, "socket_address"), sa)
+}
+
+/// An IP `SocketAddress` (address literal and port value).
+pub(crate) fn plain_socket_address(
+    scope: &Scope,
+    spath: &str,
+    sa: &pb::envoy::config::core::v3::SocketAddress,
+) -> Result<SocketAddr, ConfigError> {
+    let spath = spath.to_string();
     reject_unknown(scope, &spath, sa, fields::SOCKET_ADDRESS, |s| {
         s.address.clear();
         s.port_specifier = None;

@@ -526,3 +526,66 @@ pub(super) const DATA_SOURCE: &[(u32, &str)] = &[
     (4, "environment_variable"),
     (5, "watched_directory"),
 ];
+pub(super) const FILTER_CHAIN_MATCH: &[(u32, &str)] = &[
+    (3, "prefix_ranges"),
+    (4, "address_suffix"),
+    (5, "suffix_len"),
+    (6, "source_prefix_ranges"),
+    (7, "source_ports"),
+    (8, "destination_port"),
+    (9, "transport_protocol"),
+    (10, "application_protocols"),
+    (11, "server_names"),
+    (12, "source_type"),
+    (13, "direct_source_prefix_ranges"),
+];
+pub(super) const CIDR_RANGE: &[(u32, &str)] = &[(1, "address_prefix"), (2, "prefix_len")];
+pub(super) const LISTENER_FILTER: &[(u32, &str)] = &[
+    (1, "name"),
+    (3, "typed_config"),
+    (4, "filter_disabled"),
+    (5, "config_discovery"),
+];
+pub(super) const TCP_PROXY: &[(u32, &str)] = &[
+    (1, "stat_prefix"),
+    (2, "cluster"),
+    (3, "downstream_idle_timeout"),
+    (4, "upstream_idle_timeout"),
+    (5, "access_log"),
+    (7, "max_connect_attempts"),
+    (8, "idle_timeout"),
+    (9, "metadata_match"),
+    (10, "weighted_clusters"),
+    (11, "hash_policy"),
+    (12, "tunneling_config"),
+    (13, "max_downstream_connection_duration"),
+    (14, "on_demand"),
+    (15, "access_log_flush_interval"),
+    (16, "flush_access_log_on_connected"),
+    (17, "access_log_options"),
+    (18, "backoff_options"),
+    (19, "proxy_protocol_tlvs"),
+    (20, "max_downstream_connection_duration_jitter_percentage"),
+    (21, "upstream_connect_mode"),
+    (22, "max_early_data_bytes"),
+    (23, "proxy_protocol_tlv_merge_policy"),
+    (24, "check_drain_close"),
+];
+pub(super) const TCP_PROXY_WEIGHTED_CLUSTER: &[(u32, &str)] = &[(1, "clusters")];
+pub(super) const TCP_PROXY_CLUSTER_WEIGHT: &[(u32, &str)] =
+    &[(1, "name"), (2, "weight"), (3, "metadata_match")];
+pub(super) const BIND_CONFIG: &[(u32, &str)] = &[
+    (1, "source_address"),
+    (2, "freebind"),
+    (3, "socket_options"),
+    (4, "additional_source_addresses"),
+    (5, "extra_source_addresses"),
+    (6, "local_address_selector"),
+    (7, "validate_network_namespaces"),
+];
+pub(super) const ORIGINAL_DST_LB_CONFIG: &[(u32, &str)] = &[
+    (1, "use_http_header"),
+    (2, "http_header_name"),
+    (3, "upstream_port_override"),
+    (4, "metadata_key"),
+];

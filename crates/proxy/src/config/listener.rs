@@ -1,27 +1,42 @@
-//! `Listener` → [`ListenerConfig`]: one socket, one HTTP connection manager.
+//! `Listener` → [`ListenerConfig`]: one address, its listener filters, and
+//! filter chains ending in an HTTP connection manager or a TCP proxy.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::HeaderValue;
 use mizzen_xds::pb;
-use pb::envoy::config::listener::v3::{Listener, filter};
+use pb::envoy::config::listener::v3::{FilterChain, Listener, filter, listener_filter};
 use pb::envoy::extensions::filters::http::router::v3::Router;
+use pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
+use pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager, http_filter,
 };
+use pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 
+use super::chain::{ChainMatch, ChainSelector, compile_match};
 use super::check::reject_unknown;
 use super::cluster::ads_config_source;
 use super::endpoint::socket_address;
 use super::route::{RouteTable, compile_table};
-use super::{ConfigError, Scope, fields, join, type_name, unpack};
+use super::tcp_proxy::{TCP_PROXY, TCP_PROXY_TYPE, TcpProxyConfig};
+use super::{ConfigError, Scope, duration, fields, join, type_name, unpack};
 
 pub const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
 pub const ROUTER: &str = "envoy.filters.http.router";
+pub const ORIGINAL_DST: &str = "envoy.filters.listener.original_dst";
+pub const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
 const HCM_TYPE: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
+const ORIGINAL_DST_TYPE: &str = "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+const HTTP_INSPECTOR_TYPE: &str =
+    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
+
+/// Envoy's `listener_filters_timeout` when unset.
+pub const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug)]
 pub struct ListenerConfig {
@@ -31,7 +46,45 @@ pub struct ListenerConfig {
     /// as Envoy prints it (`0.0.0.0_8080`).
     pub stat_prefix: Arc<str>,
     pub direction: TrafficDirection,
-    pub http: HttpConfig,
+    /// `bind_to_port` (default true). A listener that does not bind only
+    /// receives connections handed off by a `use_original_dst` listener.
+    pub bind_to_port: bool,
+    /// Hand connections off to the listener matching their original
+    /// destination (and restore that destination, as `original_dst` does).
+    pub use_original_dst: bool,
+    pub listener_filters: ListenerFilters,
+    /// In config order; [`ListenerConfig::selector`] picks among them.
+    pub filter_chains: Vec<FilterChainConfig>,
+    /// Takes connections no chain matches; without it they are closed.
+    pub default_chain: Option<FilterChainConfig>,
+    pub selector: ChainSelector,
+}
+
+/// The listener filters, which run in this order: `original_dst` (restore
+/// the destination), then `http_inspector` (peek at the first bytes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerFilters {
+    pub original_dst: bool,
+    pub http_inspector: bool,
+    /// `listener_filters_timeout`; `None` waits as long as it takes.
+    pub timeout: Option<Duration>,
+    /// On timeout, pick a chain without a detected protocol instead of
+    /// closing the connection.
+    pub continue_on_timeout: bool,
+}
+
+#[derive(Debug)]
+pub struct FilterChainConfig {
+    /// The chain's `name` (may be empty).
+    pub name: Arc<str>,
+    pub filter: NetworkFilter,
+}
+
+/// A chain's terminal network filter.
+#[derive(Debug, Clone)]
+pub enum NetworkFilter {
+    Http(Arc<HttpConfig>),
+    TcpProxy(Arc<TcpProxyConfig>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,9 +133,15 @@ impl ListenerConfig {
             l.name.clear();
             l.address = None;
             l.filter_chains.clear();
+            l.default_filter_chain = None;
             l.traffic_direction = 0;
             l.stat_prefix.clear();
             l.metadata = None;
+            l.use_original_dst = None;
+            l.bind_to_port = None;
+            l.listener_filters.clear();
+            l.listener_filters_timeout = None;
+            l.continue_on_listener_filters_timeout = false;
         })?;
         if l.name.is_empty() {
             return Err(scope.missing("name"));
@@ -101,49 +160,34 @@ impl ListenerConfig {
                 }
                 Err(_) => return Err(scope.invalid("traffic_direction", "unknown enum value")),
             };
-        let chain = match l.filter_chains.as_slice() {
-            [] => return Err(scope.missing("filter_chains")),
-            [one] => one,
-            [_, ..] => {
-                return Err(scope.unsupported("filter_chains[1] (more than one filter chain)"));
-            }
-        };
-        if let Some(ts) = &chain.transport_socket {
-            return Err(scope.unsupported(format!("filter_chains[0].transport_socket {}", ts.name)));
+        let listener_filters = compile_listener_filters(scope, l)?;
+        if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
+            return Err(scope.missing("filter_chains"));
         }
-        reject_unknown(
-            scope,
-            "filter_chains[0]",
-            chain,
-            fields::FILTER_CHAIN,
-            |c| {
-                c.filters.clear();
-                c.name.clear();
-                c.metadata = None;
-            },
-        )?;
-        let filter = match chain.filters.as_slice() {
-            [] => return Err(scope.missing("filter_chains[0].filters")),
-            [one] => one,
-            [first, second, ..] => {
-                // Name the extra filter, or the first one when it is the odd one.
-                let odd = if is_hcm(first) { second } else { first };
-                return Err(scope.unsupported(format!("filter {}", filter_label(odd))));
-            }
-        };
-        if !is_hcm(filter) {
-            return Err(scope.unsupported(format!("filter {}", filter_label(filter))));
+        let mut filter_chains = Vec::with_capacity(l.filter_chains.len());
+        let mut matches = Vec::with_capacity(l.filter_chains.len());
+        let mut paths = Vec::with_capacity(l.filter_chains.len());
+        for (i, chain) in l.filter_chains.iter().enumerate() {
+            let path = format!("filter_chains[{i}]");
+            let (m, c) = compile_chain(scope, &path, chain)?;
+            matches.push(m);
+            filter_chains.push(c);
+            paths.push(path);
         }
-        let any = match &filter.config_type {
-            Some(filter::ConfigType::TypedConfig(any)) => any,
-            Some(filter::ConfigType::ConfigDiscovery(_)) => {
-                return Err(scope.unsupported("filter_chains[0].filters[0].config_discovery"));
+        let selector = ChainSelector::new(scope, matches, &paths)?;
+        let default_chain = match &l.default_filter_chain {
+            None => None,
+            Some(chain) => {
+                let path = "default_filter_chain";
+                if chain.filter_chain_match.is_some() {
+                    return Err(scope.invalid(
+                        join(path, "filter_chain_match"),
+                        "not allowed on the default filter chain",
+                    ));
+                }
+                Some(compile_chain(scope, path, chain)?.1)
             }
-            None => return Err(scope.missing("filter_chains[0].filters[0].typed_config")),
         };
-        let path = "filter_chains[0].filters[0].typed_config";
-        let hcm: HttpConnectionManager = unpack(scope, path, any)?;
-        let http = compile_hcm(scope, path, &hcm)?;
         let stat_prefix = if l.stat_prefix.is_empty() {
             stat_address(&address)
         } else {
@@ -154,29 +198,184 @@ impl ListenerConfig {
             address,
             stat_prefix: Arc::from(stat_prefix),
             direction,
-            http,
+            bind_to_port: l.bind_to_port.is_none_or(|b| b.value),
+            use_original_dst: l.use_original_dst.is_some_and(|b| b.value),
+            listener_filters,
+            filter_chains,
+            default_chain,
+            selector,
         })
     }
 
-    /// The RDS resource this listener needs, if any.
-    pub fn rds_name(&self) -> Option<&Arc<str>> {
-        match &self.http.routes {
-            RouteSource::Rds(name) => Some(name),
-            RouteSource::Inline(_) => None,
+    /// Every RDS resource this listener's chains need.
+    pub fn rds_names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.filter_chains
+            .iter()
+            .chain(self.default_chain.as_ref())
+            .filter_map(|c| match &c.filter {
+                NetworkFilter::Http(h) => match &h.routes {
+                    RouteSource::Rds(name) => Some(name),
+                    RouteSource::Inline(_) => None,
+                },
+                NetworkFilter::TcpProxy(_) => None,
+            })
+    }
+
+    /// Whether accepted connections have their original destination restored
+    /// (`use_original_dst` implies the `original_dst` listener filter).
+    pub fn restores_destination(&self) -> bool {
+        self.use_original_dst || self.listener_filters.original_dst
+    }
+}
+
+fn compile_listener_filters(scope: &Scope, l: &Listener) -> Result<ListenerFilters, ConfigError> {
+    let mut out = ListenerFilters {
+        continue_on_timeout: l.continue_on_listener_filters_timeout,
+        ..Default::default()
+    };
+    out.timeout = match &l.listener_filters_timeout {
+        None => Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
+        Some(d) => {
+            let d = duration(scope, "listener_filters_timeout", d)?;
+            (!d.is_zero()).then_some(d)
         }
+    };
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        let path = format!("listener_filters[{i}]");
+        reject_unknown(scope, &path, f, fields::LISTENER_FILTER, |f| {
+            f.name.clear();
+            if matches!(
+                f.config_type,
+                Some(listener_filter::ConfigType::TypedConfig(_))
+            ) {
+                f.config_type = None;
+            }
+        })?;
+        let kind = match &f.config_type {
+            Some(listener_filter::ConfigType::TypedConfig(any)) => type_name(&any.type_url),
+            Some(listener_filter::ConfigType::ConfigDiscovery(_)) => {
+                return Err(scope.unsupported(join(&path, "config_discovery")));
+            }
+            None => match f.name.as_str() {
+                ORIGINAL_DST => ORIGINAL_DST_TYPE,
+                HTTP_INSPECTOR => HTTP_INSPECTOR_TYPE,
+                _ => "",
+            },
+        };
+        let tpath = join(&path, "typed_config");
+        match (kind, &f.config_type) {
+            (ORIGINAL_DST_TYPE, config) => {
+                if let Some(listener_filter::ConfigType::TypedConfig(any)) = config {
+                    let m: OriginalDst = unpack(scope, &tpath, any)?;
+                    reject_unknown(scope, &tpath, &m, &[], |_| {})?;
+                }
+                out.original_dst = true;
+            }
+            (HTTP_INSPECTOR_TYPE, config) => {
+                if let Some(listener_filter::ConfigType::TypedConfig(any)) = config {
+                    let m: HttpInspector = unpack(scope, &tpath, any)?;
+                    reject_unknown(scope, &tpath, &m, &[], |_| {})?;
+                }
+                out.http_inspector = true;
+            }
+            _ => {
+                let label = if f.name.is_empty() {
+                    kind.to_string()
+                } else {
+                    f.name.clone()
+                };
+                return Err(scope.unsupported(format!("{path} (listener filter {label})")));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One filter chain: its match criteria and its single terminal filter.
+fn compile_chain(
+    scope: &Scope,
+    path: &str,
+    chain: &FilterChain,
+) -> Result<(ChainMatch, FilterChainConfig), ConfigError> {
+    if let Some(ts) = &chain.transport_socket {
+        return Err(scope.unsupported(format!("{}.transport_socket {}", path, ts.name)));
+    }
+    reject_unknown(scope, path, chain, fields::FILTER_CHAIN, |c| {
+        c.filters.clear();
+        c.name.clear();
+        c.metadata = None;
+        c.filter_chain_match = None;
+    })?;
+    let m = match &chain.filter_chain_match {
+        Some(m) => compile_match(scope, &join(path, "filter_chain_match"), m)?,
+        None => ChainMatch::default(),
+    };
+    let filter = match chain.filters.as_slice() {
+        [] => return Err(scope.missing(join(path, "filters"))),
+        [one] => one,
+        [first, second, ..] => {
+            // Name the extra filter, or the first one when it is the odd one.
+            let odd = if terminal(first).is_some() {
+                second
+            } else {
+                first
+            };
+            return Err(scope.unsupported(format!("filter {}", filter_label(odd))));
+        }
+    };
+    let Some(kind) = terminal(filter) else {
+        return Err(scope.unsupported(format!("filter {}", filter_label(filter))));
+    };
+    let fpath = join(path, "filters[0]");
+    let any = match &filter.config_type {
+        Some(filter::ConfigType::TypedConfig(any)) => any,
+        Some(filter::ConfigType::ConfigDiscovery(_)) => {
+            return Err(scope.unsupported(join(&fpath, "config_discovery")));
+        }
+        None => return Err(scope.missing(join(&fpath, "typed_config"))),
+    };
+    let tpath = join(&fpath, "typed_config");
+    let filter = match kind {
+        Terminal::Http => {
+            let hcm: HttpConnectionManager = unpack(scope, &tpath, any)?;
+            NetworkFilter::Http(Arc::new(compile_hcm(scope, &tpath, &hcm)?))
+        }
+        Terminal::Tcp => {
+            let tcp: TcpProxy = unpack(scope, &tpath, any)?;
+            NetworkFilter::TcpProxy(Arc::new(super::tcp_proxy::compile(scope, &tpath, &tcp)?))
+        }
+    };
+    Ok((
+        m,
+        FilterChainConfig {
+            name: Arc::from(chain.name.as_str()),
+            filter,
+        },
+    ))
+}
+
+#[derive(Clone, Copy)]
+enum Terminal {
+    Http,
+    Tcp,
+}
+
+/// The kind of a supported terminal filter, by its typed config or its name.
+fn terminal(f: &pb::envoy::config::listener::v3::Filter) -> Option<Terminal> {
+    let name = match &f.config_type {
+        Some(filter::ConfigType::TypedConfig(any)) => type_name(&any.type_url),
+        _ => f.name.as_str(),
+    };
+    match name {
+        HCM_TYPE | HTTP_CONNECTION_MANAGER => Some(Terminal::Http),
+        TCP_PROXY_TYPE | TCP_PROXY => Some(Terminal::Tcp),
+        _ => None,
     }
 }
 
 /// Envoy's stat form of an address: `0.0.0.0_8080`, `[::]_80` → `::_80`.
 pub fn stat_address(addr: &SocketAddr) -> String {
     format!("{}_{}", addr.ip(), addr.port())
-}
-
-fn is_hcm(f: &pb::envoy::config::listener::v3::Filter) -> bool {
-    match &f.config_type {
-        Some(filter::ConfigType::TypedConfig(any)) => type_name(&any.type_url) == HCM_TYPE,
-        _ => f.name == HTTP_CONNECTION_MANAGER,
-    }
 }
 
 fn filter_label(f: &pb::envoy::config::listener::v3::Filter) -> String {
@@ -315,7 +514,7 @@ fn compile_hcm(
 pub(crate) mod tests {
     use super::*;
     use pb::envoy::config::core::v3::{AggregatedConfigSource, ConfigSource, config_source};
-    use pb::envoy::config::listener::v3::{Filter, FilterChain};
+    use pb::envoy::config::listener::v3::{Filter, FilterChainMatch, ListenerFilter};
     use pb::envoy::extensions::filters::network::http_connection_manager::v3::{HttpFilter, Rds};
 
     pub(crate) fn router_filter() -> HttpFilter {
@@ -365,34 +564,247 @@ pub(crate) mod tests {
         }
     }
 
+    fn tcp_filter(cluster: &str) -> Filter {
+        Filter {
+            name: TCP_PROXY.into(),
+            config_type: Some(filter::ConfigType::TypedConfig(mizzen_xds::pack(&TcpProxy {
+                stat_prefix: cluster.into(),
+                cluster_specifier: Some(
+                    pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier::Cluster(
+                        cluster.into(),
+                    ),
+                ),
+                ..Default::default()
+            }))),
+        }
+    }
+
+    fn chain(m: Option<FilterChainMatch>, filter: Filter) -> FilterChain {
+        FilterChain {
+            filter_chain_match: m,
+            filters: vec![filter],
+            ..Default::default()
+        }
+    }
+
+    fn hcm_filter(route: &str) -> Filter {
+        Filter {
+            name: HTTP_CONNECTION_MANAGER.into(),
+            config_type: Some(filter::ConfigType::TypedConfig(mizzen_xds::pack(&rds_hcm(
+                route,
+            )))),
+        }
+    }
+
+    fn listener_filter(name: &str, typed: Option<pb::google::protobuf::Any>) -> ListenerFilter {
+        ListenerFilter {
+            name: name.into(),
+            config_type: typed.map(listener_filter::ConfigType::TypedConfig),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn compiles_rds_listener() {
         let l =
             ListenerConfig::compile(&listener("0.0.0.0_8080", "0.0.0.0", 8080, &rds_hcm("8080")))
                 .unwrap();
-        assert_eq!(l.rds_name().map(|s| &**s), Some("8080"));
+        assert_eq!(
+            l.rds_names().map(|s| &**s).collect::<Vec<_>>(),
+            vec!["8080"]
+        );
         assert_eq!(&*l.stat_prefix, "0.0.0.0_8080");
-        assert_eq!(l.http.codec, Codec::Auto);
-        assert!(!l.http.allow_absolute_url);
-        assert!(l.http.generate_request_id);
+        assert!(l.bind_to_port);
+        assert!(!l.use_original_dst);
+        assert_eq!(
+            l.listener_filters,
+            ListenerFilters {
+                timeout: Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
+                ..Default::default()
+            }
+        );
+        let NetworkFilter::Http(h) = &l.filter_chains[0].filter else {
+            panic!("not HTTP")
+        };
+        assert_eq!(h.codec, Codec::Auto);
+        assert!(!h.allow_absolute_url);
+        assert!(h.generate_request_id);
+        assert_eq!(
+            l.selector.select("1.2.3.4:8080".parse().unwrap(), None),
+            Some(0)
+        );
+    }
+
+    /// The shapes of Istio's REDIRECT-mode sidecar listeners.
+    #[test]
+    fn compiles_capture_listeners() {
+        use pb::google::protobuf::{BoolValue, Duration as PbDuration, UInt32Value};
+        let virtual_outbound = Listener {
+            name: "virtualOutbound".into(),
+            address: Some(super::super::endpoint::tests::address("0.0.0.0", 15001)),
+            use_original_dst: Some(BoolValue { value: true }),
+            filter_chains: vec![
+                chain(
+                    Some(FilterChainMatch {
+                        destination_port: Some(UInt32Value { value: 15001 }),
+                        ..Default::default()
+                    }),
+                    tcp_filter("BlackHoleCluster"),
+                ),
+                chain(None, tcp_filter("PassthroughCluster")),
+            ],
+            traffic_direction: 2,
+            ..Default::default()
+        };
+        let l = ListenerConfig::compile(&virtual_outbound).unwrap();
+        assert!(l.use_original_dst && l.restores_destination() && l.bind_to_port);
+        assert_eq!(l.filter_chains.len(), 2);
+        assert_eq!(
+            l.selector.select("10.0.0.1:15001".parse().unwrap(), None),
+            Some(0)
+        );
+        assert_eq!(
+            l.selector.select("10.0.0.1:443".parse().unwrap(), None),
+            Some(1)
+        );
+
+        let sniffed = Listener {
+            name: "0.0.0.0_9000".into(),
+            address: Some(super::super::endpoint::tests::address("0.0.0.0", 9000)),
+            bind_to_port: Some(BoolValue { value: false }),
+            listener_filters: vec![listener_filter(
+                HTTP_INSPECTOR,
+                Some(mizzen_xds::pack(&HttpInspector {})),
+            )],
+            listener_filters_timeout: Some(PbDuration {
+                seconds: 0,
+                nanos: 100_000_000,
+            }),
+            continue_on_listener_filters_timeout: true,
+            filter_chains: vec![chain(
+                Some(FilterChainMatch {
+                    application_protocols: vec!["http/1.1".into(), "h2c".into()],
+                    ..Default::default()
+                }),
+                hcm_filter("9000"),
+            )],
+            default_filter_chain: Some(chain(None, tcp_filter("outbound|9000||svc"))),
+            ..Default::default()
+        };
+        let l = ListenerConfig::compile(&sniffed).unwrap();
+        assert!(!l.bind_to_port && !l.use_original_dst);
+        assert_eq!(
+            l.listener_filters,
+            ListenerFilters {
+                original_dst: false,
+                http_inspector: true,
+                timeout: Some(Duration::from_millis(100)),
+                continue_on_timeout: true,
+            }
+        );
+        assert!(matches!(
+            l.default_chain.as_ref().map(|c| &c.filter),
+            Some(NetworkFilter::TcpProxy(_))
+        ));
+        assert_eq!(
+            l.rds_names().map(|s| &**s).collect::<Vec<_>>(),
+            vec!["9000"]
+        );
+
+        let virtual_inbound = Listener {
+            name: "virtualInbound".into(),
+            address: Some(super::super::endpoint::tests::address("0.0.0.0", 15006)),
+            listener_filters: vec![
+                listener_filter(ORIGINAL_DST, Some(mizzen_xds::pack(&OriginalDst {}))),
+                listener_filter(HTTP_INSPECTOR, None),
+            ],
+            listener_filters_timeout: Some(PbDuration {
+                seconds: 0,
+                nanos: 0,
+            }),
+            filter_chains: vec![
+                chain(
+                    Some(FilterChainMatch {
+                        destination_port: Some(UInt32Value { value: 8080 }),
+                        transport_protocol: "raw_buffer".into(),
+                        application_protocols: vec!["http/1.1".into(), "h2c".into()],
+                        ..Default::default()
+                    }),
+                    hcm_filter("inbound|8080||"),
+                ),
+                chain(
+                    Some(FilterChainMatch {
+                        destination_port: Some(UInt32Value { value: 8080 }),
+                        transport_protocol: "raw_buffer".into(),
+                        ..Default::default()
+                    }),
+                    tcp_filter("inbound|8080||"),
+                ),
+                chain(None, tcp_filter("InboundPassthroughCluster")),
+            ],
+            traffic_direction: 1,
+            ..Default::default()
+        };
+        let l = ListenerConfig::compile(&virtual_inbound).unwrap();
+        assert!(l.listener_filters.original_dst && l.listener_filters.http_inspector);
+        assert!(l.restores_destination() && !l.use_original_dst);
+        assert_eq!(l.listener_filters.timeout, None);
+        assert_eq!(l.direction, TrafficDirection::Inbound);
+        let dst = "10.1.0.5:8080".parse().unwrap();
+        assert_eq!(l.selector.select(dst, Some("h2c")), Some(0));
+        assert_eq!(l.selector.select(dst, None), Some(1));
+        assert_eq!(
+            l.selector.select("10.1.0.5:22".parse().unwrap(), None),
+            Some(2)
+        );
     }
 
     #[test]
     fn refusals() {
-        let tcp = Filter {
-            name: "envoy.filters.network.tcp_proxy".into(),
+        let unknown_network = Filter {
+            name: "envoy.filters.network.redis_proxy".into(),
             config_type: None,
         };
-        let mut with_tcp = listener("0.0.0.0_8080", "0.0.0.0", 8080, &rds_hcm("r"));
-        with_tcp.filter_chains[0].filters = vec![tcp];
-        let mut orig_dst = listener("virtualOutbound", "0.0.0.0", 15001, &rds_hcm("r"));
-        orig_dst.use_original_dst = Some(pb::google::protobuf::BoolValue { value: true });
+        let mut with_redis = listener("0.0.0.0_8080", "0.0.0.0", 8080, &rds_hcm("r"));
+        with_redis.filter_chains[0].filters = vec![unknown_network];
+        let mut bare_tcp = listener("0.0.0.0_8080", "0.0.0.0", 8080, &rds_hcm("r"));
+        bare_tcp.filter_chains[0].filters = vec![Filter {
+            name: TCP_PROXY.into(),
+            config_type: None,
+        }];
+        let mut two_filters = listener("l", "0.0.0.0", 8080, &rds_hcm("r"));
+        two_filters.filter_chains[0].filters = vec![
+            Filter {
+                name: "istio.metadata_exchange".into(),
+                config_type: None,
+            },
+            tcp_filter("c"),
+        ];
         let mut tls = listener("l", "0.0.0.0", 8443, &rds_hcm("r"));
         tls.filter_chains[0].transport_socket =
             Some(pb::envoy::config::core::v3::TransportSocket {
                 name: "envoy.transport_sockets.tls".into(),
                 config_type: None,
             });
+        let mut tls_inspector = listener("l", "0.0.0.0", 8443, &rds_hcm("r"));
+        tls_inspector.listener_filters = vec![listener_filter(
+            "envoy.filters.listener.tls_inspector",
+            None,
+        )];
+        let mut disabled_filter = listener("l", "0.0.0.0", 80, &rds_hcm("r"));
+        disabled_filter.listener_filters = vec![ListenerFilter {
+            filter_disabled: Some(Default::default()),
+            ..listener_filter(HTTP_INSPECTOR, None)
+        }];
+        let mut transparent = listener("l", "0.0.0.0", 80, &rds_hcm("r"));
+        transparent.transparent = Some(pb::google::protobuf::BoolValue { value: true });
+        let mut no_chains = listener("l", "0.0.0.0", 80, &rds_hcm("r"));
+        no_chains.filter_chains.clear();
+        let mut default_with_match = listener("l", "0.0.0.0", 80, &rds_hcm("r"));
+        default_with_match.default_filter_chain =
+            Some(chain(Some(FilterChainMatch::default()), tcp_filter("c")));
+        let mut duplicate = listener("l", "0.0.0.0", 80, &rds_hcm("r"));
+        duplicate.filter_chains.push(chain(None, tcp_filter("c")));
         let mut extra_http_filter = rds_hcm("r");
         extra_http_filter.http_filters.insert(
             0,
@@ -410,16 +822,38 @@ pub(crate) mod tests {
         access_log.access_log.push(Default::default());
         let cases = [
             (
-                with_tcp,
-                "listener 0.0.0.0_8080: filter envoy.filters.network.tcp_proxy is not supported",
+                with_redis,
+                "listener 0.0.0.0_8080: filter envoy.filters.network.redis_proxy is not supported",
             ),
             (
-                orig_dst,
-                "listener virtualOutbound: use_original_dst is not supported",
+                bare_tcp,
+                "listener 0.0.0.0_8080: filter_chains[0].filters[0].typed_config is required",
+            ),
+            (
+                two_filters,
+                "listener l: filter istio.metadata_exchange is not supported",
             ),
             (
                 tls,
                 "listener l: filter_chains[0].transport_socket envoy.transport_sockets.tls is not supported",
+            ),
+            (
+                tls_inspector,
+                "listener l: listener_filters[0] (listener filter envoy.filters.listener.tls_inspector) is not supported",
+            ),
+            (
+                disabled_filter,
+                "listener l: listener_filters[0].filter_disabled is not supported",
+            ),
+            (transparent, "listener l: transparent is not supported"),
+            (no_chains, "listener l: filter_chains is required"),
+            (
+                default_with_match,
+                "listener l: default_filter_chain.filter_chain_match: not allowed on the default filter chain",
+            ),
+            (
+                duplicate,
+                "listener l: filter_chains[1].filter_chain_match: same matching rules as filter_chains[0] (multiple filter chains with the same matching rules)",
             ),
             (
                 listener("l", "0.0.0.0", 80, &extra_http_filter),

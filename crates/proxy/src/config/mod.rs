@@ -11,6 +11,7 @@
 // here too (header matcher shorthands, `append`, `total_weight`...).
 #![allow(deprecated)]
 
+pub mod chain;
 mod check;
 pub mod cluster;
 pub mod endpoint;
@@ -19,19 +20,25 @@ pub mod headers;
 pub mod listener;
 pub mod matcher;
 pub mod route;
+pub mod tcp_proxy;
 
 use std::fmt;
 use std::time::Duration;
 
 use mizzen_xds::pb;
 
+pub use chain::{ChainMatch, ChainSelector, Cidr};
 pub use cluster::{ClusterConfig, Discovery, LbPolicy, UpstreamProtocol};
 pub use endpoint::{EndpointSet, LbEndpointConfig};
-pub use listener::{Codec, HttpConfig, ListenerConfig, RouteSource, TrafficDirection};
+pub use listener::{
+    Codec, FilterChainConfig, HttpConfig, ListenerConfig, ListenerFilters, NetworkFilter,
+    RouteSource, TrafficDirection,
+};
 pub use route::{Action, RouteTable};
+pub use tcp_proxy::{TcpClusters, TcpProxyConfig};
 
 /// Why a resource was refused. Rendered as `<kind> <name>: <field>: <problem>`,
-/// e.g. `listener 0.0.0.0_8080: filter envoy.filters.network.tcp_proxy is not supported`.
+/// e.g. `listener 0.0.0.0_8080: filter envoy.filters.network.redis_proxy is not supported`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
     /// `listener 0.0.0.0_8080`, `route_configuration 80`, `cluster outbound|80||b`...

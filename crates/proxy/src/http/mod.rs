@@ -1,6 +1,6 @@
-//! The HTTP data path: listeners, routing and forwarding.
+//! The HTTP data path: connection manager, routing and forwarding.
 
 pub mod body;
-pub(crate) mod listener;
+pub(crate) mod conn;
 mod respond;
 pub(crate) mod router;

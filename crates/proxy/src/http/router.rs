@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use rand::Rng;
 
 use super::body::ProxyBody;
-use super::listener::{ActiveListener, ConnContext};
+use super::conn::{ConnContext, HttpChain};
 use super::respond::{LocalReply, text};
 use crate::config::route::{
     Action, ClusterChoice, Forward, Route, RouteTable, VirtualHost, WeightedEntry, split_path,
@@ -52,10 +52,10 @@ impl Outcome {
 
 pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Response<ProxyBody> {
     let arrived = Instant::now();
-    let active = conn.listener.active.load_full();
-    let data = &conn.listener.data;
+    let chain = &*conn.chain;
+    let data = &conn.data;
     let snapshot = data.snapshot.load_full();
-    let stats = &active.http_stats;
+    let stats = &chain.stats;
     stats.downstream_rq_total.inc();
     // A guard, so that a request abandoned by its client is still uncounted.
     let _active_rq = ActiveRequest::new(stats);
@@ -77,9 +77,9 @@ pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Respon
     });
     let mut out = Outcome::default();
     let mut authority = None;
-    let mut resp = route(req, &active, &snapshot, &mut out, &mut authority).await;
+    let mut resp = route(req, conn, &snapshot, &mut out, &mut authority).await;
     resp.headers_mut()
-        .insert(header::SERVER, active.config.http.server_name.clone());
+        .insert(header::SERVER, chain.config.server_name.clone());
     let status = resp.status();
     stats.downstream_rq_xx.record(status.as_u16());
     if let (Some(observer), Some((method, protocol, user_agent, path))) = (&data.observer, observed)
@@ -90,7 +90,7 @@ pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Respon
                 .checked_sub(duration)
                 .unwrap_or(SystemTime::UNIX_EPOCH),
             duration,
-            listener: active.config.name.clone(),
+            listener: chain.listener.clone(),
             downstream_remote: conn.peer,
             downstream_local: conn.local,
             protocol,
@@ -127,12 +127,13 @@ impl Drop for ActiveRequest<'_> {
 
 async fn route(
     req: Request<Incoming>,
-    active: &ActiveListener,
+    conn: &ConnContext,
     snapshot: &Snapshot,
     out: &mut Outcome,
     authority_out: &mut Option<HeaderValue>,
 ) -> Response<ProxyBody> {
-    let cfg = &active.config.http;
+    let active: &HttpChain = &conn.chain;
+    let cfg = &*active.config;
     let (parts, body) = req.into_parts();
     let downstream_h2 = parts.version == Version::HTTP_2;
     // HTTP/1 absolute-form (`GET http://b/ HTTP/1.1`) carries a scheme.
@@ -169,7 +170,7 @@ async fn route(
         RouteSource::Rds(name) => match snapshot.routes.get(&**name) {
             Some(t) => t,
             None => {
-                active.http_stats.no_route.inc();
+                active.stats.no_route.inc();
                 return out.local(LocalReply::NoRoute);
             }
         },
@@ -182,11 +183,11 @@ async fn route(
         headers: &parts.headers,
     };
     let Some(vhost) = table.virtual_host(authority) else {
-        active.http_stats.no_route.inc();
+        active.stats.no_route.inc();
         return out.local(LocalReply::NoRoute);
     };
     let Some(route) = vhost.route(&view) else {
-        active.http_stats.no_route.inc();
+        active.stats.no_route.inc();
         return out.local(LocalReply::NoRoute);
     };
     out.route_name = Some(route.name.clone());
@@ -198,7 +199,7 @@ async fn route(
     };
     match &route.action {
         Action::Direct(d) => {
-            active.http_stats.rq_direct_response.inc();
+            active.stats.rq_direct_response.inc();
             out.details = "direct_response";
             let mut resp = match &d.body {
                 Some(b) => {
@@ -214,7 +215,7 @@ async fn route(
             resp
         }
         Action::Redirect(r) => {
-            active.http_stats.rq_redirect.inc();
+            active.stats.rq_redirect.inc();
             out.details = "direct_response";
             let location = r.location("http", authority, match_path, route.matched_len(match_path));
             let mut resp = text(r.status, "");
@@ -230,7 +231,7 @@ async fn route(
                 request,
                 f,
                 levels,
-                active,
+                conn,
                 snapshot,
                 out,
                 authority_value,
@@ -299,14 +300,15 @@ async fn forward(
     req: Request<Incoming>,
     f: &Forward,
     mut levels: Levels<'_>,
-    active: &ActiveListener,
+    conn: &ConnContext,
     snapshot: &Snapshot,
     out: &mut Outcome,
     authority: Option<HeaderValue>,
     pq: PathAndQuery,
     downstream_h2: bool,
 ) -> Response<ProxyBody> {
-    let cfg = &active.config.http;
+    let active: &HttpChain = &conn.chain;
+    let cfg = &*active.config;
     let cluster_name = match &f.clusters {
         ClusterChoice::Single(name) => name,
         ClusterChoice::Weighted(w) => {
@@ -317,13 +319,15 @@ async fn forward(
     };
     out.cluster = Some(cluster_name.clone());
     let Some(cluster) = snapshot.clusters.get(&**cluster_name) else {
-        active.http_stats.no_cluster.inc();
+        active.stats.no_cluster.inc();
         let mut resp = out.local(LocalReply::NoCluster(f.cluster_not_found_status));
         levels.response_headers(resp.headers_mut());
         return resp;
     };
     let cstats = &cluster.upstream.stats;
-    let Some(host) = cluster.pick() else {
+    // ORIGINAL_DST clusters send to where the downstream connection was going.
+    let original_dst = cluster.original_dst_host(conn.local);
+    let Some(host) = original_dst.as_ref().or_else(|| cluster.pick()) else {
         cstats.upstream_cx_none_healthy.inc();
         let mut resp = out.local(LocalReply::NoHealthyUpstream);
         levels.response_headers(resp.headers_mut());
@@ -387,7 +391,12 @@ async fn forward(
 
     cstats.upstream_rq_total.inc();
     let started = Instant::now();
-    let send = host.send(request, upstream_h2, cluster.config.connect_timeout);
+    let send = host.send(
+        request,
+        upstream_h2,
+        cluster.config.connect_timeout,
+        cluster.config.source_address,
+    );
     let result = match f.timeout {
         Some(t) => tokio::time::timeout(t, send).await.ok(),
         None => Some(send.await),

@@ -54,6 +54,8 @@ impl Balancer {
             return Some(0);
         }
         match self.policy {
+            // ORIGINAL_DST clusters have no host list to pick from.
+            LbPolicy::ClusterProvided => None,
             LbPolicy::RoundRobin => {
                 let i = rr.fetch_add(1, Ordering::Relaxed);
                 match (&self.schedule, &self.cumulative) {

@@ -4,20 +4,68 @@
 //! snapshot. Its hosts are [`Host`] objects owned by the cluster's
 //! [`Upstream`], which lives as long as the cluster exists so that pools,
 //! round-robin position and active-request counts survive EDS and CDS pushes.
+//!
+//! ORIGINAL_DST clusters have no endpoint list: their hosts are made on
+//! demand, one per original destination, and forgotten once unused for the
+//! cluster's `cleanup_interval`.
 
 mod lb;
 mod pool;
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub use lb::Balancer;
 pub use pool::{SendError, UpstreamBody};
+use tokio::net::{TcpSocket, TcpStream};
 
-use crate::config::{ClusterConfig, EndpointSet};
+use crate::config::{ClusterConfig, Discovery, EndpointSet};
 use crate::stats::ClusterStats;
+
+/// Why an upstream connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connection timeout")]
+    Timeout,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Connects to `addr`, first binding `source` when the cluster has an
+/// `upstream_bind_config` (e.g. 127.0.0.6, so that capture rules let the
+/// connection through).
+pub async fn connect(
+    addr: SocketAddr,
+    source: Option<SocketAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let attempt = async {
+        match source {
+            None => TcpStream::connect(addr).await,
+            Some(src) => {
+                let socket = if addr.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                socket.bind(src)?;
+                socket.connect(addr).await
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Err(_) => Err(ConnectError::Timeout),
+        Ok(Err(e)) => Err(ConnectError::Io(e)),
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+    }
+}
 
 /// One endpoint of a cluster with its connection pools.
 #[derive(Debug)]
@@ -47,6 +95,14 @@ pub struct Upstream {
     pub stats: Arc<ClusterStats>,
     rr: AtomicUsize,
     hosts: Mutex<HashMap<SocketAddr, Arc<Host>>>,
+    /// ORIGINAL_DST hosts, with when each was last used.
+    dynamic: Mutex<DynamicHosts>,
+}
+
+#[derive(Debug)]
+struct DynamicHosts {
+    hosts: HashMap<SocketAddr, (Arc<Host>, Instant)>,
+    last_sweep: Instant,
 }
 
 impl Upstream {
@@ -56,7 +112,37 @@ impl Upstream {
             stats,
             rr: AtomicUsize::new(0),
             hosts: Mutex::new(HashMap::new()),
+            dynamic: Mutex::new(DynamicHosts {
+                hosts: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
         }
+    }
+
+    /// The host for an original destination, made on first use. Hosts idle
+    /// for `cleanup` (and not in use) are dropped with their pools.
+    pub fn original_dst_host(&self, dst: SocketAddr, cleanup: Duration) -> Arc<Host> {
+        let now = Instant::now();
+        let mut d = self.dynamic.lock().unwrap_or_else(|e| e.into_inner());
+        if now.duration_since(d.last_sweep) >= cleanup {
+            d.hosts.retain(|_, (host, used)| {
+                now.duration_since(*used) < cleanup || Arc::strong_count(host) > 1
+            });
+            d.last_sweep = now;
+            self.stats.membership_total.set(d.hosts.len() as i64);
+        }
+        let before = d.hosts.len();
+        let entry = d
+            .hosts
+            .entry(dst)
+            .or_insert_with(|| (Arc::new(Host::new(dst, self.stats.clone())), now));
+        entry.1 = now;
+        let host = entry.0.clone();
+        if d.hosts.len() != before {
+            self.stats.membership_total.set(d.hosts.len() as i64);
+            self.stats.membership_healthy.set(d.hosts.len() as i64);
+        }
+        host
     }
 
     /// Hosts for `set`, reusing existing ones (and their pools) and forgetting
@@ -96,8 +182,10 @@ impl ClusterEntry {
         let hosts = upstream.hosts_for(endpoints);
         let weights: Vec<u32> = endpoints.endpoints.iter().map(|e| e.weight).collect();
         let stats = &upstream.stats;
-        stats.membership_healthy.set(hosts.len() as i64);
-        stats.membership_total.set(endpoints.total as i64);
+        if !matches!(config.discovery, Discovery::OriginalDst { .. }) {
+            stats.membership_healthy.set(hosts.len() as i64);
+            stats.membership_total.set(endpoints.total as i64);
+        }
         ClusterEntry {
             balancer: Balancer::new(config.lb, &weights),
             config,
@@ -106,9 +194,21 @@ impl ClusterEntry {
         }
     }
 
-    /// Picks an endpoint, or `None` when the cluster has no healthy host.
+    /// Picks an endpoint, or `None` when the cluster has no healthy host
+    /// (always for ORIGINAL_DST clusters: see [`ClusterEntry::original_dst_host`]).
     pub fn pick(&self) -> Option<&Arc<Host>> {
         let i = self.balancer.pick(&self.hosts, &self.upstream.rr)?;
         self.hosts.get(i)
+    }
+
+    /// For an ORIGINAL_DST cluster, the host at the downstream connection's
+    /// original destination; `None` for other clusters.
+    pub fn original_dst_host(&self, dst: SocketAddr) -> Option<Arc<Host>> {
+        match &self.config.discovery {
+            Discovery::OriginalDst { cleanup_interval } => {
+                Some(self.upstream.original_dst_host(dst, *cleanup_interval))
+            }
+            _ => None,
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! has been read to the end; a body dropped early closes the connection,
 //! since the rest of the response would otherwise be read as the next one.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -108,18 +109,20 @@ impl Drop for ActiveGuard {
 
 impl Host {
     /// Sends `req` (origin-form URI and Host header for HTTP/1.1; absolute URI
-    /// for HTTP/2) and returns the response headers.
+    /// for HTTP/2) and returns the response headers. New connections bind
+    /// `source` first when set.
     pub async fn send(
         self: &Arc<Self>,
         req: Request<Incoming>,
         http2: bool,
         connect_timeout: Duration,
+        source: Option<SocketAddr>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let active = ActiveGuard::new(self);
         if http2 {
-            self.send_h2(req, connect_timeout, active).await
+            self.send_h2(req, connect_timeout, source, active).await
         } else {
-            self.send_h1(req, connect_timeout, active).await
+            self.send_h1(req, connect_timeout, source, active).await
         }
     }
 
@@ -127,12 +130,13 @@ impl Host {
         self: &Arc<Self>,
         mut req: Request<Incoming>,
         connect_timeout: Duration,
+        source: Option<SocketAddr>,
         active: ActiveGuard,
     ) -> Result<Response<UpstreamBody>, SendError> {
         loop {
             let (mut sender, reused) = match self.pool.take_h1().await {
                 Some(s) => (s, true),
-                None => (self.connect_h1(connect_timeout).await?, false),
+                None => (self.connect_h1(connect_timeout, source).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -153,13 +157,14 @@ impl Host {
         self: &Arc<Self>,
         mut req: Request<Incoming>,
         connect_timeout: Duration,
+        source: Option<SocketAddr>,
         active: ActiveGuard,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let mut retried = false;
         loop {
             let (mut sender, reused) = match self.pool.h2() {
                 Some(s) => (s, true),
-                None => (self.connect_h2(connect_timeout).await?, false),
+                None => (self.connect_h2(connect_timeout, source).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp.map(|b| UpstreamBody::new(b, None, active))),
@@ -174,19 +179,22 @@ impl Host {
         }
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<TcpStream, SendError> {
-        match tokio::time::timeout(timeout, TcpStream::connect(self.address)).await {
-            Err(_) => {
+    async fn connect(
+        &self,
+        timeout: Duration,
+        source: Option<SocketAddr>,
+    ) -> Result<TcpStream, SendError> {
+        match super::connect(self.address, source, timeout).await {
+            Err(super::ConnectError::Timeout) => {
                 self.stats.upstream_cx_connect_fail.inc();
                 self.stats.upstream_cx_connect_timeout.inc();
                 Err(SendError::Connect("connection timeout".to_string()))
             }
-            Ok(Err(e)) => {
+            Err(super::ConnectError::Io(e)) => {
                 self.stats.upstream_cx_connect_fail.inc();
                 Err(SendError::Connect(e.to_string()))
             }
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
+            Ok(stream) => {
                 self.stats.upstream_cx_total.inc();
                 Ok(stream)
             }
@@ -196,8 +204,9 @@ impl Host {
     async fn connect_h1(
         &self,
         timeout: Duration,
+        source: Option<SocketAddr>,
     ) -> Result<http1::SendRequest<Incoming>, SendError> {
-        let stream = self.connect(timeout).await?;
+        let stream = self.connect(timeout, source).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| SendError::Connect(e.to_string()))?;
@@ -208,8 +217,9 @@ impl Host {
     async fn connect_h2(
         &self,
         timeout: Duration,
+        source: Option<SocketAddr>,
     ) -> Result<http2::SendRequest<Incoming>, SendError> {
-        let stream = self.connect(timeout).await?;
+        let stream = self.connect(timeout, source).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake(TokioIo::new(stream))
             .await
