@@ -353,11 +353,24 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
         name: "virtualOutbound".to_string(),
         address: Some(socket_address(any, OUTBOUND_PORT)),
         use_original_dst: Some(BoolValue { value: true }),
-        filter_chains: vec![chain(
-            "virtualOutbound-catchall-tcp".to_string(),
-            None,
-            tcp_proxy(fallback, fallback),
-        )],
+        filter_chains: vec![
+            // A connection to 15001 itself would loop through the proxy.
+            chain(
+                "virtualOutbound-blackhole".to_string(),
+                Some(FilterChainMatch {
+                    destination_port: Some(UInt32Value {
+                        value: u32::from(OUTBOUND_PORT),
+                    }),
+                    ..Default::default()
+                }),
+                tcp_proxy(BLACK_HOLE_CLUSTER, BLACK_HOLE_CLUSTER),
+            ),
+            chain(
+                "virtualOutbound-catchall-tcp".to_string(),
+                None,
+                tcp_proxy(fallback, fallback),
+            ),
+        ],
         traffic_direction: TrafficDirection::Outbound as i32,
         ..Default::default()
     };
@@ -460,6 +473,16 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
             )),
         }
     }
+    chains.push(chain(
+        "virtualInbound-blackhole".to_string(),
+        Some(FilterChainMatch {
+            destination_port: Some(UInt32Value {
+                value: u32::from(INBOUND_PORT),
+            }),
+            ..Default::default()
+        }),
+        tcp_proxy(BLACK_HOLE_CLUSTER, BLACK_HOLE_CLUSTER),
+    ));
     chains.push(chain(
         "InboundPassthroughFilterChain".to_string(),
         None,
