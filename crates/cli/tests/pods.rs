@@ -29,11 +29,17 @@ fn rand_octet() -> u8 {
 }
 
 fn root_or_skip() -> bool {
-    if netns::is_root() {
-        return true;
+    if !netns::is_root() {
+        println!("SKIP: needs root (network namespaces, veth, iptables)");
+        return false;
     }
-    println!("SKIP: needs root (network namespaces, veth, iptables)");
-    false
+    for tool in ["iptables-restore", "curl", "setpriv"] {
+        if netns::run("sh", &["-c", &format!("command -v {tool}")]).is_err() {
+            println!("SKIP: {tool} is not installed (scripts/install-test-deps installs it)");
+            return false;
+        }
+    }
+    true
 }
 
 fn app(name: &str, version: &str, upstreams: &str) -> AppSpec {
