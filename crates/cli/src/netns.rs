@@ -96,6 +96,16 @@ pub struct PodNetwork {
     pods: BTreeMap<String, Pod>,
 }
 
+/// A process to start in a pod, as `uid`, logging to `log`.
+pub struct Process<'a> {
+    pub label: &'a str,
+    pub uid: u32,
+    pub program: &'a Path,
+    pub args: &'a [String],
+    pub env: &'a [(String, String)],
+    pub log: &'a Path,
+}
+
 /// One pod: a network namespace and the processes in it.
 pub struct Pod {
     pub netns: String,
@@ -241,17 +251,16 @@ impl PodNetwork {
         run("ip", &all)
     }
 
-    /// Starts a long-running process in a pod as `uid`, logging to `log`.
-    pub fn spawn(
-        &mut self,
-        key: &str,
-        label: &str,
-        uid: u32,
-        program: &Path,
-        args: &[String],
-        env: &[(String, String)],
-        log: &Path,
-    ) -> anyhow::Result<()> {
+    /// Starts a long-running process in a pod.
+    pub fn spawn(&mut self, key: &str, process: Process<'_>) -> anyhow::Result<()> {
+        let Process {
+            label,
+            uid,
+            program,
+            args,
+            env,
+            log,
+        } = process;
         let pod = self
             .pods
             .get_mut(key)

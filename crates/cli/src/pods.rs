@@ -20,7 +20,7 @@ use mizzen_pilot::model::{Model, Workload};
 use mizzen_pilot::{Pilot, PilotOptions};
 
 use crate::local::AppSpec;
-use crate::netns::{self, NetworkConfig, PodNetwork};
+use crate::netns::{self, NetworkConfig, PodNetwork, Process};
 
 /// The uid of every proxy, which the capture rules let through.
 pub const PROXY_UID: u32 = 1337;
@@ -175,12 +175,14 @@ impl PodMesh {
             if is_gateway(workload) {
                 network.spawn(
                     &key,
-                    "gateway",
-                    PROXY_UID,
-                    &options.binary,
-                    &proxy_args("router"),
-                    &[],
-                    &log("proxy"),
+                    Process {
+                        label: "gateway",
+                        uid: PROXY_UID,
+                        program: &options.binary,
+                        args: &proxy_args("router"),
+                        env: &[],
+                        log: &log("proxy"),
+                    },
                 )?;
                 proxies.push(node_id("router", workload));
             } else if workload.sidecar {
@@ -212,12 +214,14 @@ impl PodMesh {
                 )?;
                 network.spawn(
                     &key,
-                    "sidecar",
-                    PROXY_UID,
-                    &options.binary,
-                    &proxy_args("sidecar"),
-                    &[],
-                    &log("proxy"),
+                    Process {
+                        label: "sidecar",
+                        uid: PROXY_UID,
+                        program: &options.binary,
+                        args: &proxy_args("sidecar"),
+                        env: &[],
+                        log: &log("proxy"),
+                    },
                 )?;
                 proxies.push(node_id("sidecar", workload));
             } else {
@@ -227,12 +231,14 @@ impl PodMesh {
                 let env = app_env(&spec.config, spec.port);
                 network.spawn(
                     &key,
-                    "app",
-                    next_uid,
-                    &options.binary,
-                    &["app".to_string()],
-                    &env,
-                    &log("app"),
+                    Process {
+                        label: "app",
+                        uid: next_uid,
+                        program: &options.binary,
+                        args: &["app".to_string()],
+                        env: &env,
+                        log: &log("app"),
+                    },
                 )?;
                 next_uid += 1;
             }

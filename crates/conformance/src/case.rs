@@ -50,6 +50,12 @@ pub struct ServiceSpec {
     /// The same, per version, overriding `error_rate`.
     #[serde(default)]
     pub error_rates: BTreeMap<String, f64>,
+    /// Milliseconds every backend waits before answering (a slow service).
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// The same, per version, overriding `delay_ms`.
+    #[serde(default)]
+    pub delays_ms: BTreeMap<String, u64>,
 }
 
 fn default_namespace() -> String {
@@ -114,7 +120,33 @@ pub struct RequestSpec {
     /// How many times to send it; distributions need many.
     #[serde(default = "default_count")]
     pub count: u32,
+    /// How many of the `count` requests are in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// What kind of exchange the request is.
+    #[serde(default)]
+    pub kind: RequestKind,
+    /// A request body.
+    #[serde(default)]
+    pub body: Option<String>,
     pub expect: Expect,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestKind {
+    /// A plain HTTP/1.1 request.
+    #[default]
+    Http,
+    /// A unary gRPC call over h2c; the answer's backend is the message the
+    /// demo app returns, its `grpc_status` the status from trailers or headers.
+    Grpc,
+    /// A WebSocket handshake, then a message that must come back.
+    Websocket,
+}
+
+fn default_concurrency() -> u32 {
+    1
 }
 
 fn default_path() -> String {
@@ -170,6 +202,22 @@ pub struct Expect {
     /// Every answer comes from one backend, whichever it is (hashing).
     #[serde(default)]
     pub same_backend: bool,
+    /// Requests each workload received while this request ran (mirrors),
+    /// checked once the counts stop changing.
+    #[serde(default)]
+    pub received: BTreeMap<String, u64>,
+    /// Allowed distance from each `received` count.
+    #[serde(default)]
+    pub received_tolerance: u64,
+    /// Least number of answers per backend or `status N` (concurrency).
+    #[serde(default)]
+    pub min_counts: BTreeMap<String, u32>,
+    /// Response headers matching regular expressions (whole value).
+    #[serde(default)]
+    pub headers_match: BTreeMap<String, String>,
+    /// gRPC status of every answer (`grpc` requests).
+    #[serde(default)]
+    pub grpc_status: Option<u32>,
 }
 
 fn default_tolerance() -> f64 {

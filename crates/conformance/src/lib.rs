@@ -5,6 +5,7 @@
 //! a case both fail is a translation (or case) bug.
 
 pub mod case;
+mod protocols;
 pub mod runner;
 
 pub use case::Case;

@@ -17,7 +17,7 @@ use mizzen_testkit::demo_app::{self, AppConfig, AppHandle};
 use mizzen_testkit::envoy::{self, Envoy, EnvoyOptions};
 use mizzen_xds::client::Node;
 
-use crate::case::{Case, ClientKind, Expect, RequestSpec};
+use crate::case::{Case, ClientKind, Expect, RequestKind, RequestSpec};
 
 /// The data planes every case runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -49,7 +49,7 @@ const GATEWAY_PORT: u16 = 8080;
 
 enum UnderTest {
     Mizzen(Proxy),
-    Envoy(Envoy),
+    Envoy(Box<Envoy>),
 }
 
 pub async fn run(case: &Case, plane: DataPlane, shared: Option<&Path>) -> Outcome {
@@ -91,7 +91,7 @@ async fn run_inner(case: &Case, plane: DataPlane, shared: Option<&Path>) -> anyh
         config.push_str("\n---\n");
         config.push_str(&text);
     }
-    let mut apps: Vec<AppHandle> = Vec::new();
+    let mut apps: Vec<(String, AppHandle)> = Vec::new();
     for service in &case.services {
         service_yaml(
             &mut config,
@@ -119,10 +119,20 @@ async fn run_inner(case: &Case, plane: DataPlane, shared: Option<&Path>) -> anyh
                     .copied()
                     .unwrap_or(service.error_rate),
                 error_code: 503,
+                delay: Duration::from_millis(
+                    service
+                        .delays_ms
+                        .get(version)
+                        .copied()
+                        .unwrap_or(service.delay_ms),
+                ),
                 ..AppConfig::default()
             };
             let listener = tokio::net::TcpListener::bind(app.listen_addr).await?;
-            apps.push(demo_app::spawn(app, listener));
+            apps.push((
+                format!("{}-{version}", service.name),
+                demo_app::spawn(app, listener),
+            ));
         }
     }
     let client_ip = mizzen_testkit::free_loopback_ip();
@@ -206,7 +216,7 @@ async fn run_inner(case: &Case, plane: DataPlane, shared: Option<&Path>) -> anyh
             })
             .await?;
             envoy.wait_ready(Duration::from_secs(20)).await?;
-            UnderTest::Envoy(envoy)
+            UnderTest::Envoy(Box::new(envoy))
         }
     };
     let result = async {
@@ -228,7 +238,7 @@ async fn run_inner(case: &Case, plane: DataPlane, shared: Option<&Path>) -> anyh
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("request {index}"));
-            check_request(case.client.kind, target, request)
+            check_request(case.client.kind, target, request, &apps)
                 .await
                 .with_context(|| label.clone())?;
         }
@@ -241,7 +251,7 @@ async fn run_inner(case: &Case, plane: DataPlane, shared: Option<&Path>) -> anyh
             let _ = envoy.stop().await;
         }
     }
-    for app in apps {
+    for (_, app) in apps {
         let _ = app.shutdown().await;
     }
     pilot.shutdown();
@@ -271,15 +281,22 @@ async fn wait_synced(pilot: &Pilot, node_id: &str) -> anyhow::Result<()> {
 }
 
 /// One answer, as the checks need it.
-struct Answer {
-    status: u16,
-    headers: http::HeaderMap,
-    body: String,
-    json: Option<serde_json::Value>,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: String,
+    pub(crate) json: Option<serde_json::Value>,
+    /// gRPC: the status from trailers (or headers, trailers-only), and the
+    /// backend named in the reply message.
+    pub(crate) grpc_status: Option<u32>,
+    pub(crate) grpc_backend: Option<String>,
 }
 
 impl Answer {
     fn backend(&self) -> Option<String> {
+        if let Some(b) = &self.grpc_backend {
+            return Some(b.clone());
+        }
         let json = self.json.as_ref()?;
         Some(format!(
             "{}-{}",
@@ -294,6 +311,13 @@ async fn send_one(
     target: SocketAddr,
     request: &RequestSpec,
 ) -> anyhow::Result<Answer> {
+    match request.kind {
+        RequestKind::Http => {}
+        RequestKind::Grpc => return crate::protocols::grpc_call(kind, target, request).await,
+        RequestKind::Websocket => {
+            return crate::protocols::websocket_echo(kind, target, request).await;
+        }
+    }
     let (target, uri) = match (kind, request.port) {
         (_, Some(port)) => (SocketAddr::new(target.ip(), port), request.path.clone()),
         (ClientKind::Sidecar, None) => (target, format!("http://{}{}", request.host, request.path)),
@@ -306,12 +330,8 @@ async fn send_one(
     for (name, value) in &request.headers {
         builder = builder.header(name, value);
     }
-    let response = send(
-        &target.to_string(),
-        Protocol::Http1,
-        builder.body(Bytes::new())?,
-    )
-    .await?;
+    let body = request.body.clone().map(Bytes::from).unwrap_or_default();
+    let response = send(&target.to_string(), Protocol::Http1, builder.body(body)?).await?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = String::from_utf8_lossy(response.body()).to_string();
@@ -321,20 +341,52 @@ async fn send_one(
         headers,
         body,
         json,
+        grpc_status: None,
+        grpc_backend: None,
     })
+}
+
+/// Sends the request `count` times, `concurrency` at a time; each answer
+/// with how long it took.
+async fn send_all(
+    kind: ClientKind,
+    target: SocketAddr,
+    request: &RequestSpec,
+) -> anyhow::Result<Vec<(Answer, Duration)>> {
+    let mut out = Vec::with_capacity(request.count as usize);
+    let mut left = request.count;
+    while left > 0 {
+        let batch = left.min(request.concurrency.max(1));
+        left -= batch;
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..batch {
+            let request = request.clone();
+            set.spawn(async move {
+                let started = std::time::Instant::now();
+                let answer = send_one(kind, target, &request).await;
+                answer.map(|a| (a, started.elapsed()))
+            });
+        }
+        while let Some(joined) = set.join_next().await {
+            out.push(joined.context("request task failed")??);
+        }
+    }
+    Ok(out)
 }
 
 async fn check_request(
     kind: ClientKind,
     target: SocketAddr,
     request: &RequestSpec,
+    apps: &[(String, AppHandle)],
 ) -> anyhow::Result<()> {
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
     let mut successes = 0u32;
-    for _ in 0..request.count {
-        let started = std::time::Instant::now();
-        let answer = send_one(kind, target, request).await?;
-        let elapsed = started.elapsed();
+    let before: BTreeMap<&str, u64> = apps
+        .iter()
+        .map(|(name, app)| (name.as_str(), app.requests()))
+        .collect();
+    for (answer, elapsed) in send_all(kind, target, request).await? {
         if let Some(min) = request.expect.min_duration_ms
             && elapsed < Duration::from_millis(min)
         {
@@ -361,7 +413,56 @@ async fn check_request(
     if request.expect.same_backend && counts.len() > 1 {
         bail!("expected every answer from one backend, got {counts:?}");
     }
+    for (key, least) in &request.expect.min_counts {
+        let got = counts.get(key).copied().unwrap_or(0);
+        if got < *least {
+            bail!("expected at least {least} answers from {key}, got {got} (counts {counts:?})");
+        }
+    }
+    check_received(&request.expect, apps, &before).await?;
     check_distribution(&request.expect, &counts, request.count)
+}
+
+/// Mirrored copies arrive after the answers: waits until the counts are
+/// stable (or right), then compares.
+async fn check_received(
+    expect: &Expect,
+    apps: &[(String, AppHandle)],
+    before: &BTreeMap<&str, u64>,
+) -> anyhow::Result<()> {
+    if expect.received.is_empty() {
+        return Ok(());
+    }
+    let got = |name: &str| -> u64 {
+        apps.iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, app)| app.requests())
+            .saturating_sub(before.get(name).copied().unwrap_or(0))
+    };
+    let mut last = Vec::new();
+    for _ in 0..40 {
+        let now: Vec<u64> = expect.received.keys().map(|k| got(k)).collect();
+        let all_right = expect
+            .received
+            .values()
+            .zip(&now)
+            .all(|(want, have)| want.abs_diff(*have) <= expect.received_tolerance);
+        if all_right || (now == last && !last.is_empty()) {
+            break;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (name, want) in &expect.received {
+        let have = got(name);
+        if want.abs_diff(have) > expect.received_tolerance {
+            bail!(
+                "expected {name} to receive {want} ± {} requests, it received {have}",
+                expect.received_tolerance
+            );
+        }
+    }
+    Ok(())
 }
 
 fn check_answer(expect: &Expect, answer: &Answer) -> anyhow::Result<()> {
@@ -433,6 +534,26 @@ fn check_answer(expect: &Expect, answer: &Answer) -> anyhow::Result<()> {
         && &answer.body != body
     {
         bail!("expected body {body:?}, got {}", show());
+    }
+    for (name, pattern) in &expect.headers_match {
+        let re = regex::Regex::new(&format!("^(?:{pattern})$"))
+            .with_context(|| format!("headers_match {name}: bad regex"))?;
+        let got = answer
+            .headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).to_string());
+        if !got.as_deref().is_some_and(|v| re.is_match(v)) {
+            bail!("expected response header {name} matching {pattern}, got {got:?}");
+        }
+    }
+    if let Some(status) = expect.grpc_status
+        && answer.grpc_status != Some(status)
+    {
+        bail!(
+            "expected grpc-status {status}, got {:?} ({})",
+            answer.grpc_status,
+            show()
+        );
     }
     Ok(())
 }

@@ -184,6 +184,9 @@ pub struct Model {
     /// Whether some VirtualService injects faults: connection managers then
     /// carry the fault filter.
     pub fault_injection: bool,
+    /// Whether some VirtualService has a corsPolicy: connection managers
+    /// then carry the CORS filter.
+    pub cors: bool,
 }
 
 impl Model {
@@ -232,6 +235,10 @@ impl Model {
             .virtual_services
             .iter()
             .any(|vs| vs.spec.http.iter().any(|h| h.fault.is_some()));
+        model.cors = model
+            .virtual_services
+            .iter()
+            .any(|vs| vs.spec.http.iter().any(|h| h.cors_policy.is_some()));
         model
     }
 

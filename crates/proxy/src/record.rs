@@ -30,7 +30,18 @@ impl ResponseFlags {
     /// DC: the downstream connection went away mid-request.
     pub const DOWNSTREAM_CONNECTION_TERMINATION: ResponseFlags = ResponseFlags(1 << 7);
 
-    const NAMES: [(ResponseFlags, &'static str); 8] = [
+    /// UO: a circuit breaker refused the request (overflow).
+    pub const UPSTREAM_OVERFLOW: ResponseFlags = ResponseFlags(1 << 8);
+    /// DI: the fault filter delayed the request.
+    pub const DELAY_INJECTED: ResponseFlags = ResponseFlags(1 << 9);
+    /// FI: the fault filter aborted the request.
+    pub const FAULT_INJECTED: ResponseFlags = ResponseFlags(1 << 10);
+    /// LR: the proxy reset the stream itself.
+    pub const LOCAL_RESET: ResponseFlags = ResponseFlags(1 << 11);
+    /// UR: the upstream reset the stream.
+    pub const UPSTREAM_REMOTE_RESET: ResponseFlags = ResponseFlags(1 << 12);
+
+    const NAMES: [(ResponseFlags, &'static str); 13] = [
         (Self::NO_ROUTE_FOUND, "NR"),
         (Self::NO_HEALTHY_UPSTREAM, "UH"),
         (Self::UPSTREAM_CONNECTION_FAILURE, "UF"),
@@ -39,6 +50,11 @@ impl ResponseFlags {
         (Self::UPSTREAM_RETRY_LIMIT_EXCEEDED, "URX"),
         (Self::NO_CLUSTER_FOUND, "NC"),
         (Self::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
+        (Self::UPSTREAM_OVERFLOW, "UO"),
+        (Self::DELAY_INJECTED, "DI"),
+        (Self::FAULT_INJECTED, "FI"),
+        (Self::LOCAL_RESET, "LR"),
+        (Self::UPSTREAM_REMOTE_RESET, "UR"),
     ];
 
     pub fn empty() -> ResponseFlags {

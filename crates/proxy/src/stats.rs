@@ -93,6 +93,13 @@ pub struct ClusterStats {
     pub upstream_cx_rx_bytes_total: Counter,
     pub upstream_cx_tx_bytes_total: Counter,
     pub upstream_cx_connect_attempts_exceeded: Counter,
+    pub upstream_rq_retry: Counter,
+    pub upstream_rq_retry_overflow: Counter,
+    pub upstream_rq_retry_limit_exceeded: Counter,
+    pub upstream_rq_pending_overflow: Counter,
+    pub upstream_rq_per_try_timeout: Counter,
+    pub upstream_cx_overflow: Counter,
+    pub outlier_ejections: Counter,
     pub membership_healthy: Gauge,
     pub membership_total: Gauge,
 }
@@ -113,6 +120,13 @@ impl Default for ClusterStats {
             upstream_cx_rx_bytes_total: Counter::default(),
             upstream_cx_tx_bytes_total: Counter::default(),
             upstream_cx_connect_attempts_exceeded: Counter::default(),
+            upstream_rq_retry: Counter::default(),
+            upstream_rq_retry_overflow: Counter::default(),
+            upstream_rq_retry_limit_exceeded: Counter::default(),
+            upstream_rq_pending_overflow: Counter::default(),
+            upstream_rq_per_try_timeout: Counter::default(),
+            upstream_cx_overflow: Counter::default(),
+            outlier_ejections: Counter::default(),
             membership_healthy: Gauge::default(),
             membership_total: Gauge::default(),
         }
@@ -288,6 +302,28 @@ impl Stats {
             push(
                 n("upstream_cx_connect_attempts_exceeded"),
                 s.upstream_cx_connect_attempts_exceeded.get(),
+            );
+            push(n("upstream_rq_retry"), s.upstream_rq_retry.get());
+            push(
+                n("upstream_rq_retry_overflow"),
+                s.upstream_rq_retry_overflow.get(),
+            );
+            push(
+                n("upstream_rq_retry_limit_exceeded"),
+                s.upstream_rq_retry_limit_exceeded.get(),
+            );
+            push(
+                n("upstream_rq_pending_overflow"),
+                s.upstream_rq_pending_overflow.get(),
+            );
+            push(
+                n("upstream_rq_per_try_timeout"),
+                s.upstream_rq_per_try_timeout.get(),
+            );
+            push(n("upstream_cx_overflow"), s.upstream_cx_overflow.get());
+            push(
+                n("outlier_detection.ejections_enforced_total"),
+                s.outlier_ejections.get(),
             );
             push(
                 n("membership_healthy"),

@@ -101,7 +101,7 @@ pub(crate) async fn proxy(
         let upstream = loop {
             attempts += 1;
             let original = cluster.original_dst_host(dst);
-            let Some(host) = original.as_ref().or_else(|| cluster.pick()) else {
+            let Some(host) = original.as_ref().or_else(|| cluster.pick(None)) else {
                 cstats.upstream_cx_none_healthy.inc();
                 record.flags.insert(ResponseFlags::NO_HEALTHY_UPSTREAM);
                 break None;

@@ -145,6 +145,18 @@ pub fn any(a: &Any) -> Option<Value> {
             http_connection_manager(&hcm::HttpConnectionManager::decode(bytes).ok()?)
         }
         "envoy.extensions.filters.http.router.v3.Router" => router(&Router::decode(bytes).ok()?),
+        "envoy.extensions.filters.http.fault.v3.HTTPFault" => http_fault(
+            &pb::envoy::extensions::filters::http::fault::v3::HttpFault::decode(bytes).ok()?,
+        ),
+        "envoy.extensions.filters.http.cors.v3.Cors" => Obj::default()
+            .check(
+                &pb::envoy::extensions::filters::http::cors::v3::Cors::decode(bytes).ok()?,
+                |_| {},
+            )
+            .done(),
+        "envoy.extensions.filters.http.cors.v3.CorsPolicy" => cors_policy(
+            &pb::envoy::extensions::filters::http::cors::v3::CorsPolicy::decode(bytes).ok()?,
+        ),
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => {
             tcp_proxy(&tcp::TcpProxy::decode(bytes).ok()?)
         }
@@ -598,6 +610,16 @@ pub fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Value {
     )
     .wbool("normalize_path", &h.normalize_path)
     .bool("merge_slashes", h.merge_slashes)
+    .arr("upgrade_configs", &h.upgrade_configs, |u| {
+        Obj::default()
+            .str("upgrade_type", &u.upgrade_type)
+            .wbool("enabled", &u.enabled)
+            .check(u, |u| {
+                u.upgrade_type.clear();
+                u.enabled = None;
+            })
+            .done()
+    })
     .check(h, |h| {
         h.codec_type = 0;
         h.stat_prefix.clear();
@@ -615,8 +637,130 @@ pub fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Value {
         h.preserve_external_request_id = false;
         h.normalize_path = None;
         h.merge_slashes = false;
+        h.upgrade_configs.clear();
     })
     .done()
+}
+
+fn fractional_percent(p: &pb::envoy::r#type::v3::FractionalPercent) -> Value {
+    use pb::envoy::r#type::v3::fractional_percent::DenominatorType;
+    Obj::default()
+        .u32("numerator", p.numerator)
+        .enum_(
+            "denominator",
+            p.denominator,
+            DenominatorType::try_from(p.denominator)
+                .ok()
+                .map(|d| d.as_str_name()),
+        )
+        .done()
+}
+
+fn runtime_fraction(r: &core::RuntimeFractionalPercent) -> Value {
+    Obj::default()
+        .val(
+            "default_value",
+            r.default_value.as_ref().map(fractional_percent),
+        )
+        .str("runtime_key", &r.runtime_key)
+        .done()
+}
+
+pub fn http_fault(f: &pb::envoy::extensions::filters::http::fault::v3::HttpFault) -> Value {
+    use pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+    use pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
+    Obj::default()
+        .val(
+            "delay",
+            f.delay.as_ref().map(|d| {
+                let o = match &d.fault_delay_secifier {
+                    Some(FaultDelaySecifier::FixedDelay(fixed)) => {
+                        Obj::default().val("fixed_delay", Some(Value::String(duration(fixed))))
+                    }
+                    _ => Obj::default(),
+                };
+                o.val("percentage", d.percentage.as_ref().map(fractional_percent))
+                    .check(d, |d| {
+                        d.percentage = None;
+                        if matches!(
+                            d.fault_delay_secifier,
+                            Some(FaultDelaySecifier::FixedDelay(_))
+                        ) {
+                            d.fault_delay_secifier = None;
+                        }
+                    })
+                    .done()
+            }),
+        )
+        .val(
+            "abort",
+            f.abort.as_ref().map(|a| {
+                let o = match &a.error_type {
+                    Some(ErrorType::HttpStatus(s)) => Obj::default().u32("http_status", *s),
+                    Some(ErrorType::GrpcStatus(s)) => Obj::default().u32("grpc_status", *s),
+                    _ => Obj::default(),
+                };
+                o.val("percentage", a.percentage.as_ref().map(fractional_percent))
+                    .check(a, |a| {
+                        a.percentage = None;
+                        if !matches!(a.error_type, Some(ErrorType::HeaderAbort(_))) {
+                            a.error_type = None;
+                        }
+                    })
+                    .done()
+            }),
+        )
+        .check(f, |f| {
+            f.delay = None;
+            f.abort = None;
+        })
+        .done()
+}
+
+pub fn cors_policy(c: &pb::envoy::extensions::filters::http::cors::v3::CorsPolicy) -> Value {
+    Obj::default()
+        .arr(
+            "allow_origin_string_match",
+            &c.allow_origin_string_match,
+            string_matcher,
+        )
+        .str("allow_methods", &c.allow_methods)
+        .str("allow_headers", &c.allow_headers)
+        .str("expose_headers", &c.expose_headers)
+        .str("max_age", &c.max_age)
+        .wbool("allow_credentials", &c.allow_credentials)
+        .val(
+            "filter_enabled",
+            c.filter_enabled.as_ref().map(runtime_fraction),
+        )
+        .wbool(
+            "forward_not_matching_preflights",
+            &c.forward_not_matching_preflights,
+        )
+        .check(c, |c| {
+            c.allow_origin_string_match.clear();
+            c.allow_methods.clear();
+            c.allow_headers.clear();
+            c.expose_headers.clear();
+            c.max_age.clear();
+            c.allow_credentials = None;
+            c.filter_enabled = None;
+            c.forward_not_matching_preflights = None;
+        })
+        .done()
+}
+
+fn typed_per_filter_config(map: &std::collections::HashMap<String, Any>) -> Option<Value> {
+    if map.is_empty() {
+        return None;
+    }
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    let mut out = Map::new();
+    for k in keys {
+        out.insert(k.clone(), any_or_marker(&map[k]));
+    }
+    Some(Value::Object(out))
 }
 
 #[allow(deprecated)]
@@ -811,7 +955,12 @@ fn route_entry(r: &route::Route) -> Value {
             header_value_option,
         )
         .strs("response_headers_to_remove", &r.response_headers_to_remove)
+        .val(
+            "typed_per_filter_config",
+            typed_per_filter_config(&r.typed_per_filter_config),
+        )
         .check(r, |r| {
+            r.typed_per_filter_config.clear();
             r.name.clear();
             r.r#match = None;
             r.action = None;
@@ -823,6 +972,50 @@ fn route_entry(r: &route::Route) -> Value {
             r.response_headers_to_remove.clear();
         })
         .done()
+}
+
+fn hash_policy(h: &route::route_action::HashPolicy) -> Value {
+    use route::route_action::hash_policy::PolicySpecifier as P;
+    let o = match &h.policy_specifier {
+        Some(P::Header(hd)) => Obj::default().val(
+            "header",
+            Some(
+                Obj::default()
+                    .str("header_name", &hd.header_name)
+                    .check(hd, |h| h.header_name.clear())
+                    .done(),
+            ),
+        ),
+        Some(P::Cookie(c)) => Obj::default().val(
+            "cookie",
+            Some(
+                Obj::default()
+                    .str("name", &c.name)
+                    .dur("ttl", &c.ttl)
+                    .str("path", &c.path)
+                    .check(c, |c| {
+                        c.name.clear();
+                        c.ttl = None;
+                        c.path.clear();
+                    })
+                    .done(),
+            ),
+        ),
+        Some(P::ConnectionProperties(c)) => Obj::default().val(
+            "connection_properties",
+            Some(Obj::default().bool("source_ip", c.source_ip).done()),
+        ),
+        Some(P::QueryParameter(q)) => Obj::default().val(
+            "query_parameter",
+            Some(Obj::default().str("name", &q.name).done()),
+        ),
+        Some(P::FilterState(_)) => Obj::default().val(
+            "filter_state",
+            Some(serde_json::json!({"@unrendered": true})),
+        ),
+        None => Obj::default(),
+    };
+    o.bool("terminal", h.terminal).done()
 }
 
 fn regex_matcher(r: &matcher::RegexMatcher) -> Value {
@@ -998,15 +1191,51 @@ fn route_action(a: &route::RouteAction) -> Value {
         .val(
             "retry_policy",
             a.retry_policy.as_ref().map(|r| {
-                Obj::default()
+                let codes: Vec<Value> = r
+                    .retriable_status_codes
+                    .iter()
+                    .map(|c| Value::from(*c))
+                    .collect();
+                let o = Obj::default()
                     .str("retry_on", &r.retry_on)
                     .wu32("num_retries", &r.num_retries)
-                    .dur("per_try_timeout", &r.per_try_timeout)
+                    .dur("per_try_timeout", &r.per_try_timeout);
+                let o = if codes.is_empty() {
+                    o
+                } else {
+                    o.val("retriable_status_codes", Some(Value::Array(codes)))
+                };
+                o.arr("retriable_headers", &r.retriable_headers, header_matcher)
                     .check(r, |r| {
                         r.retry_on.clear();
                         r.num_retries = None;
                         r.per_try_timeout = None;
+                        r.retriable_status_codes.clear();
+                        r.retriable_headers.clear();
                     })
+                    .done()
+            }),
+        )
+        .arr("hash_policy", &a.hash_policy, hash_policy)
+        .arr("request_mirror_policies", &a.request_mirror_policies, |m| {
+            Obj::default()
+                .str("cluster", &m.cluster)
+                .val(
+                    "runtime_fraction",
+                    m.runtime_fraction.as_ref().map(runtime_fraction),
+                )
+                .check(m, |m| {
+                    m.cluster.clear();
+                    m.runtime_fraction = None;
+                })
+                .done()
+        })
+        .val(
+            "regex_rewrite",
+            a.regex_rewrite.as_ref().map(|r| {
+                Obj::default()
+                    .val("pattern", r.pattern.as_ref().map(regex_matcher))
+                    .str("substitution", &r.substitution)
                     .done()
             }),
         )
@@ -1019,6 +1248,9 @@ fn route_action(a: &route::RouteAction) -> Value {
             a.idle_timeout = None;
             a.max_stream_duration = None;
             a.retry_policy = None;
+            a.hash_policy.clear();
+            a.request_mirror_policies.clear();
+            a.regex_rewrite = None;
         })
         .done()
 }
@@ -1190,6 +1422,111 @@ pub fn cluster(c: &Cluster) -> Value {
             ),
         );
     }
+    match &c.lb_config {
+        Some(cluster::LbConfig::LeastRequestLbConfig(l)) => {
+            o = o.val(
+                "least_request_lb_config",
+                Some(
+                    Obj::default()
+                        .wu32("choice_count", &l.choice_count)
+                        .check(l, |l| l.choice_count = None)
+                        .done(),
+                ),
+            );
+        }
+        Some(cluster::LbConfig::RingHashLbConfig(r)) => {
+            let size = |v: &Option<pb::google::protobuf::UInt64Value>| {
+                v.map(|v| Value::String(v.value.to_string()))
+            };
+            o = o.val(
+                "ring_hash_lb_config",
+                Some(
+                    Obj::default()
+                        .val("minimum_ring_size", size(&r.minimum_ring_size))
+                        .val("maximum_ring_size", size(&r.maximum_ring_size))
+                        .check(r, |r| {
+                            r.minimum_ring_size = None;
+                            r.maximum_ring_size = None;
+                        })
+                        .done(),
+                ),
+            );
+        }
+        Some(cluster::LbConfig::MaglevLbConfig(m)) => {
+            o = o.val(
+                "maglev_lb_config",
+                Some(
+                    Obj::default()
+                        .val(
+                            "table_size",
+                            m.table_size.map(|v| Value::String(v.value.to_string())),
+                        )
+                        .done(),
+                ),
+            );
+        }
+        _ => {}
+    }
+    if let Some(common) = &c.common_lb_config {
+        o = o.val(
+            "common_lb_config",
+            Some(
+                Obj::default()
+                    .val(
+                        "healthy_panic_threshold",
+                        common
+                            .healthy_panic_threshold
+                            .as_ref()
+                            .map(|p| serde_json::json!({ "value": p.value })),
+                    )
+                    .check(common, |c| c.healthy_panic_threshold = None)
+                    .done(),
+            ),
+        );
+    }
+    if let Some(od) = &c.outlier_detection {
+        o = o.val(
+            "outlier_detection",
+            Some(
+                Obj::default()
+                    .wu32("consecutive_5xx", &od.consecutive_5xx)
+                    .dur("interval", &od.interval)
+                    .dur("base_ejection_time", &od.base_ejection_time)
+                    .wu32("max_ejection_percent", &od.max_ejection_percent)
+                    .wu32("enforcing_consecutive_5xx", &od.enforcing_consecutive_5xx)
+                    .wu32("enforcing_success_rate", &od.enforcing_success_rate)
+                    .wu32(
+                        "consecutive_gateway_failure",
+                        &od.consecutive_gateway_failure,
+                    )
+                    .wu32(
+                        "enforcing_consecutive_gateway_failure",
+                        &od.enforcing_consecutive_gateway_failure,
+                    )
+                    .bool(
+                        "split_external_local_origin_errors",
+                        od.split_external_local_origin_errors,
+                    )
+                    .wu32(
+                        "consecutive_local_origin_failure",
+                        &od.consecutive_local_origin_failure,
+                    )
+                    .check(od, |od| {
+                        od.consecutive_5xx = None;
+                        od.interval = None;
+                        od.base_ejection_time = None;
+                        od.max_ejection_percent = None;
+                        od.enforcing_consecutive_5xx = None;
+                        od.enforcing_success_rate = None;
+                        od.consecutive_gateway_failure = None;
+                        od.enforcing_consecutive_gateway_failure = None;
+                        od.split_external_local_origin_errors = false;
+                        od.consecutive_local_origin_failure = None;
+                    })
+                    .done(),
+            ),
+        );
+    }
     if !protocol_options.is_empty() {
         o.0.insert(
             "typed_extension_protocol_options".into(),
@@ -1235,9 +1572,19 @@ pub fn cluster(c: &Cluster) -> Value {
         c.circuit_breakers = None;
         c.cleanup_interval = None;
         c.upstream_bind_config = None;
-        if matches!(c.lb_config, Some(cluster::LbConfig::OriginalDstLbConfig(_))) {
+        if matches!(
+            c.lb_config,
+            Some(
+                cluster::LbConfig::OriginalDstLbConfig(_)
+                    | cluster::LbConfig::LeastRequestLbConfig(_)
+                    | cluster::LbConfig::RingHashLbConfig(_)
+                    | cluster::LbConfig::MaglevLbConfig(_)
+            )
+        ) {
             c.lb_config = None;
         }
+        c.common_lb_config = None;
+        c.outlier_detection = None;
     })
     .done()
 }
@@ -1424,7 +1771,7 @@ mod tests {
                 eds_config: None,
                 service_name: "outbound|80||b".into(),
             }),
-            outlier_detection: Some(Default::default()),
+            health_checks: vec![Default::default()],
             ..Default::default()
         };
         assert_eq!(

@@ -85,7 +85,7 @@ pub fn listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
                     format!("outbound_0.0.0.0_{port}"),
                     Routes::Rds(format!("http.{port}")),
                     false,
-                    model.fault_injection,
+                    super::listener::HcmFilters::of(model),
                 ),
             )
         })

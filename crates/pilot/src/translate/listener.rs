@@ -7,13 +7,14 @@ use mizzen_xds::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
 use mizzen_xds::pb::envoy::config::route::v3::RouteConfiguration;
+use mizzen_xds::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use mizzen_xds::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use mizzen_xds::pb::envoy::extensions::filters::http::router::v3::Router;
 use mizzen_xds::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use mizzen_xds::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use mizzen_xds::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, Rds, http_connection_manager::CodecType,
-    http_connection_manager::RouteSpecifier, http_filter,
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager,
+    http_connection_manager::CodecType, http_connection_manager::RouteSpecifier, http_filter,
 };
 use mizzen_xds::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use mizzen_xds::pb::google::protobuf::{BoolValue, UInt32Value};
@@ -37,11 +38,29 @@ pub enum Routes {
     Inline(Box<RouteConfiguration>),
 }
 
+/// The optional HTTP filters a connection manager carries, in Istio's order
+/// (CORS, then fault, then the router).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HcmFilters {
+    pub cors: bool,
+    pub fault: bool,
+}
+
+impl HcmFilters {
+    /// The filters some VirtualService in the model needs.
+    pub fn of(model: &crate::model::Model) -> HcmFilters {
+        HcmFilters {
+            cors: model.cors,
+            fault: model.fault_injection,
+        }
+    }
+}
+
 pub fn http_connection_manager(
     stat_prefix: String,
     routes: Routes,
     explicit_proxy: bool,
-    fault: bool,
+    filters: HcmFilters,
 ) -> Filter {
     let route_specifier = match routes {
         Routes::Rds(name) => RouteSpecifier::Rds(Rds {
@@ -54,15 +73,23 @@ pub fn http_connection_manager(
         stat_prefix,
         codec_type: CodecType::Auto as i32,
         route_specifier: Some(route_specifier),
-        http_filters: fault
+        http_filters: filters
+            .cors
             .then(|| HttpFilter {
+                name: route::CORS_FILTER.to_string(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(mizzen_xds::pack(
+                    &Cors::default(),
+                ))),
+                ..Default::default()
+            })
+            .into_iter()
+            .chain(filters.fault.then(|| HttpFilter {
                 name: route::FAULT_FILTER.to_string(),
                 config_type: Some(http_filter::ConfigType::TypedConfig(mizzen_xds::pack(
                     &HttpFault::default(),
                 ))),
                 ..Default::default()
-            })
-            .into_iter()
+            }))
             .chain([HttpFilter {
                 name: ROUTER.to_string(),
                 config_type: Some(http_filter::ConfigType::TypedConfig(mizzen_xds::pack(
@@ -71,6 +98,11 @@ pub fn http_connection_manager(
                 ..Default::default()
             }])
             .collect(),
+        // Istio lets WebSocket upgrades through on every connection manager.
+        upgrade_configs: vec![http_connection_manager::UpgradeConfig {
+            upgrade_type: "websocket".to_string(),
+            ..Default::default()
+        }],
         http_protocol_options: explicit_proxy.then(|| Http1ProtocolOptions {
             allow_absolute_url: Some(mizzen_xds::pb::google::protobuf::BoolValue { value: true }),
             ..Default::default()
@@ -127,7 +159,7 @@ fn explicit_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
                 format!("inbound_0.0.0.0_{port}"),
                 routes,
                 false,
-                model.fault_injection,
+                HcmFilters::of(model),
             ),
         ));
     }
@@ -160,7 +192,7 @@ fn explicit_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
             format!("outbound_0.0.0.0_{OUTBOUND_PORT}"),
             Routes::Rds(HTTP_PROXY_ROUTE.to_string()),
             true,
-            model.fault_injection,
+            HcmFilters::of(model),
         ),
     ));
     out
@@ -396,7 +428,7 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
                                 format!("outbound_{vip}_{}", port.port),
                                 Routes::Rds(port.port.to_string()),
                                 false,
-                                model.fault_injection,
+                                HcmFilters::of(model),
                             ),
                         ),
                         chain(
@@ -427,7 +459,7 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
                 format!("outbound_0.0.0.0_{port}"),
                 Routes::Rds(port.to_string()),
                 false,
-                model.fault_injection,
+                HcmFilters::of(model),
             ),
         )];
         out.push(virtual_listener(name, any, port, chains, false));
@@ -447,7 +479,7 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
                 format!("inbound_0.0.0.0_{port}"),
                 Routes::Inline(Box::new(route::inbound_route_config(port))),
                 false,
-                model.fault_injection,
+                HcmFilters::of(model),
             )
         };
         match protocol {

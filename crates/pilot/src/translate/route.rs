@@ -275,6 +275,12 @@ fn route(name: String, r#match: RouteMatch, action: Action, http: &HttpRoute) ->
                 )
             })
             .into_iter()
+            .chain(http.cors_policy.as_ref().map(|cors| {
+                (
+                    CORS_FILTER.to_string(),
+                    mizzen_xds::pack(&cors_policy(cors)),
+                )
+            }))
             .collect(),
         ..Default::default()
     }
@@ -282,6 +288,50 @@ fn route(name: String, r#match: RouteMatch, action: Action, http: &HttpRoute) ->
 
 /// The HTTP fault filter, which Istio adds to HTTP connection managers.
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+
+/// The CORS filter, which Istio adds to HTTP connection managers.
+pub const CORS_FILTER: &str = "envoy.filters.http.cors";
+
+/// Istio's corsPolicy as the CORS filter's per-route policy: list fields
+/// joined with commas, the max age in seconds, always enabled.
+fn cors_policy(
+    cors: &mizzen_api::networking::CorsPolicy,
+) -> mizzen_xds::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy {
+    use mizzen_api::networking::UnmatchedPreflights;
+    use mizzen_xds::pb::google::protobuf::BoolValue;
+    let origins = cors
+        .allow_origin
+        .iter()
+        .map(|o| string_matcher(&StringMatch::Exact(o.clone())))
+        .chain(cors.allow_origins.iter().map(string_matcher))
+        .collect();
+    mizzen_xds::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy {
+        allow_origin_string_match: origins,
+        allow_methods: cors.allow_methods.join(","),
+        allow_headers: cors.allow_headers.join(","),
+        expose_headers: cors.expose_headers.join(","),
+        max_age: cors
+            .max_age
+            .as_deref()
+            .and_then(|d| mizzen_api::parse_duration(d).ok())
+            .map(|d| d.as_secs().to_string())
+            .unwrap_or_default(),
+        allow_credentials: cors.allow_credentials.map(|value| BoolValue { value }),
+        filter_enabled: Some(RuntimeFractionalPercent {
+            default_value: Some(FractionalPercent {
+                numerator: 100,
+                denominator: fractional_percent::DenominatorType::Hundred as i32,
+            }),
+            runtime_key: String::new(),
+        }),
+        forward_not_matching_preflights: match cors.unmatched_preflights {
+            Some(UnmatchedPreflights::Ignore) => Some(BoolValue { value: false }),
+            Some(UnmatchedPreflights::Forward) => Some(BoolValue { value: true }),
+            _ => None,
+        },
+        ..Default::default()
+    }
+}
 
 /// A percentage as Envoy's fraction per million, so that Istio's decimal
 /// percentages (0.1 %) keep their precision.
@@ -305,7 +355,6 @@ fn fault_config(fault: &mizzen_api::networking::HttpFaultInjection) -> HttpFault
             fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(duration(
                 fixed,
             ))),
-            ..Default::default()
         })
     });
     let abort = fault.abort.as_ref().and_then(|abort| {
@@ -707,4 +756,41 @@ fn route_action(
         hash_policy,
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mizzen_api::networking::{CorsPolicy, UnmatchedPreflights};
+
+    #[test]
+    fn cors_policy_translation() {
+        let cors = CorsPolicy {
+            allow_origin: vec!["https://legacy.example".into()],
+            allow_origins: vec![StringMatch::Prefix("https://dev.".into())],
+            allow_methods: vec!["GET".into(), "POST".into()],
+            allow_headers: vec!["x-a".into(), "x-b".into()],
+            expose_headers: vec!["x-c".into()],
+            max_age: Some("24h".into()),
+            allow_credentials: Some(true),
+            unmatched_preflights: Some(UnmatchedPreflights::Ignore),
+        };
+        let p = cors_policy(&cors);
+        assert_eq!(p.allow_origin_string_match.len(), 2);
+        assert_eq!(
+            p.allow_origin_string_match[1].match_pattern,
+            Some(MatchPattern::Prefix("https://dev.".into()))
+        );
+        assert_eq!(p.allow_methods, "GET,POST");
+        assert_eq!(p.allow_headers, "x-a,x-b");
+        assert_eq!(p.expose_headers, "x-c");
+        assert_eq!(p.max_age, "86400");
+        assert_eq!(p.allow_credentials.map(|b| b.value), Some(true));
+        assert_eq!(
+            p.forward_not_matching_preflights.map(|b| b.value),
+            Some(false)
+        );
+        let enabled = p.filter_enabled.and_then(|f| f.default_value).unwrap();
+        assert_eq!(enabled.numerator, 100);
+    }
 }

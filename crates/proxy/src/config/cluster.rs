@@ -15,6 +15,9 @@ use pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
 };
 
 use super::check::reject_unknown;
+use super::cluster_policy::{
+    LbParams, Limits, Outlier, PoolOptions, lb_params, limits, outlier, pool_options,
+};
 use super::endpoint::{EndpointSet, compile_in, plain_socket_address};
 use super::{ConfigError, Scope, duration, fields, join, unpack};
 
@@ -38,6 +41,10 @@ pub struct ClusterConfig {
     pub protocol: UpstreamProtocol,
     /// `upstream_bind_config.source_address`: bound before connecting.
     pub source_address: Option<SocketAddr>,
+    pub lb_params: LbParams,
+    pub limits: Limits,
+    pub outlier: Option<Outlier>,
+    pub pool: PoolOptions,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +66,8 @@ pub enum LbPolicy {
     RoundRobin,
     Random,
     LeastRequest,
+    RingHash,
+    Maglev,
     /// CLUSTER_PROVIDED: the cluster type chooses (ORIGINAL_DST only).
     ClusterProvided,
 }
@@ -88,10 +97,20 @@ impl ClusterConfig {
             c.metadata = None;
             c.upstream_bind_config = None;
             c.cleanup_interval = None;
-            if let Some(cluster::LbConfig::OriginalDstLbConfig(_)) = &c.lb_config {
-                c.lb_config = None;
-            }
+            c.lb_config = None;
+            c.common_lb_config = None;
+            c.circuit_breakers = None;
+            c.outlier_detection = None;
         })?;
+        let lb_params = lb_params(scope, c)?;
+        let limits = match &c.circuit_breakers {
+            None => Limits::default(),
+            Some(cb) => limits(scope, "circuit_breakers", cb)?,
+        };
+        let outlier = match &c.outlier_detection {
+            None => None,
+            Some(o) => Some(outlier(scope, "outlier_detection", o)?),
+        };
         if c.name.is_empty() {
             return Err(scope.missing("name"));
         }
@@ -190,6 +209,8 @@ impl ClusterConfig {
             Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
             Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
             Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+            Ok(cluster::LbPolicy::RingHash) => LbPolicy::RingHash,
+            Ok(cluster::LbPolicy::Maglev) => LbPolicy::Maglev,
             Ok(cluster::LbPolicy::ClusterProvided) => LbPolicy::ClusterProvided,
             Ok(other) => {
                 return Err(scope.unsupported(format!("lb_policy {}", other.as_str_name())));
@@ -251,6 +272,10 @@ impl ClusterConfig {
             }
         };
         let mut protocol = UpstreamProtocol::Http1;
+        let mut pool = PoolOptions {
+            idle_timeout: Some(Duration::from_secs(3600)),
+            max_requests_per_connection: None,
+        };
         if let Some(h2) = &c.http2_protocol_options {
             http2_options(scope, "http2_protocol_options", h2)?;
             protocol = UpstreamProtocol::Http2;
@@ -262,6 +287,9 @@ impl ClusterConfig {
             }
             let opts: HttpProtocolOptions = unpack(scope, &path, any)?;
             protocol = upstream_protocol(scope, &path, &opts)?;
+            if let Some(common) = &opts.common_http_protocol_options {
+                pool = pool_options(scope, &join(&path, "common_http_protocol_options"), common)?;
+            }
         }
         Ok(ClusterConfig {
             name: Arc::from(c.name.as_str()),
@@ -270,6 +298,10 @@ impl ClusterConfig {
             connect_timeout,
             protocol,
             source_address,
+            lb_params,
+            limits,
+            outlier,
+            pool,
         })
     }
 
@@ -294,6 +326,7 @@ fn upstream_protocol(
         fields::UPSTREAM_HTTP_PROTOCOL_OPTIONS,
         |o| {
             o.upstream_protocol_options = None;
+            o.common_http_protocol_options = None;
         },
     )?;
     match &opts.upstream_protocol_options {
@@ -609,10 +642,10 @@ mod tests {
             ),
             (
                 Cluster {
-                    lb_policy: cluster::LbPolicy::RingHash as i32,
+                    lb_policy: cluster::LbPolicy::LoadBalancingPolicyConfig as i32,
                     ..eds("c")
                 },
-                "cluster c: lb_policy RING_HASH is not supported",
+                "cluster c: lb_policy LOAD_BALANCING_POLICY_CONFIG is not supported",
             ),
             (
                 Cluster {
@@ -623,10 +656,13 @@ mod tests {
             ),
             (
                 Cluster {
-                    circuit_breakers: Some(Default::default()),
+                    circuit_breakers: Some(pb::envoy::config::cluster::v3::CircuitBreakers {
+                        per_host_thresholds: vec![Default::default()],
+                        ..Default::default()
+                    }),
                     ..eds("c")
                 },
-                "cluster c: circuit_breakers is not supported",
+                "cluster c: circuit_breakers.per_host_thresholds is not supported",
             ),
         ];
         for (c, want) in cases {

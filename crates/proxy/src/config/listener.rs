@@ -8,18 +8,21 @@ use std::time::Duration;
 use http::HeaderValue;
 use mizzen_xds::pb;
 use pb::envoy::config::listener::v3::{FilterChain, Listener, filter, listener_filter};
+use pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use pb::envoy::extensions::filters::http::router::v3::Router;
 use pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, http_connection_manager, http_filter,
+    HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
 };
 use pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 
 use super::chain::{ChainMatch, ChainSelector, compile_match};
 use super::check::reject_unknown;
 use super::cluster::ads_config_source;
+use super::cors::{CORS_FILTER, CORS_TYPE};
 use super::endpoint::socket_address;
+use super::fault::{FAULT_FILTER, FAULT_TYPE, FaultConfig};
 use super::route::{RouteTable, compile_table};
 use super::tcp_proxy::{TCP_PROXY, TCP_PROXY_TYPE, TcpProxyConfig};
 use super::{ConfigError, Scope, duration, fields, join, type_name, unpack};
@@ -108,6 +111,20 @@ pub struct HttpConfig {
     pub generate_request_id: bool,
     /// Router `suppress_envoy_headers`: no `x-envoy-*` headers added.
     pub suppress_envoy_headers: bool,
+    /// The HTTP filters before the router.
+    pub filters: HttpFilters,
+    /// `upgrade_configs` lets WebSocket upgrades through.
+    pub websocket: bool,
+}
+
+/// The HTTP filters an HCM runs before its router, each optional.
+#[derive(Debug, Default)]
+pub struct HttpFilters {
+    /// `envoy.filters.http.fault` with its filter-level config; routes may
+    /// override it.
+    pub fault: Option<Arc<FaultConfig>>,
+    /// `envoy.filters.http.cors`: policies come from routes and virtual hosts.
+    pub cors: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -399,7 +416,26 @@ fn compile_hcm(
         h.http_protocol_options = None;
         h.server_name.clear();
         h.generate_request_id = None;
+        h.upgrade_configs.clear();
     })?;
+    let mut websocket = false;
+    for (i, u) in hcm.upgrade_configs.iter().enumerate() {
+        let upath = join(path, &format!("upgrade_configs[{i}]"));
+        reject_unknown(
+            scope,
+            &upath,
+            u,
+            &[(1, "upgrade_type"), (2, "filters"), (3, "enabled")],
+            |u| {
+                u.upgrade_type.clear();
+                u.enabled = None;
+            },
+        )?;
+        if !u.upgrade_type.eq_ignore_ascii_case("websocket") {
+            return Err(scope.unsupported(format!("{upath}.upgrade_type {}", u.upgrade_type)));
+        }
+        websocket = u.enabled.is_none_or(|e| e.value);
+    }
     use http_connection_manager::{CodecType, RouteSpecifier};
     let codec = match CodecType::try_from(hcm.codec_type) {
         Ok(CodecType::Auto) => Codec::Auto,
@@ -438,19 +474,13 @@ fn compile_hcm(
         None => return Err(scope.missing(join(path, "rds"))),
     };
     let mut suppress_envoy_headers = false;
+    let mut filters = HttpFilters::default();
     match hcm.http_filters.split_last() {
         None => return Err(scope.missing(join(path, "http_filters"))),
         Some((last, others)) => {
-            if let Some((i, f)) = others.iter().enumerate().next() {
-                let label = if f.name.is_empty() {
-                    format!("http_filters[{i}]")
-                } else {
-                    f.name.clone()
-                };
-                return Err(scope.unsupported(format!(
-                    "{} (http filter {label})",
-                    join(path, &format!("http_filters[{i}]"))
-                )));
+            for (i, f) in others.iter().enumerate() {
+                let fpath = join(path, &format!("http_filters[{i}]"));
+                compile_http_filter(scope, &fpath, f, &mut filters)?;
             }
             let fpath = join(path, &format!("http_filters[{}]", others.len()));
             reject_unknown(scope, &fpath, last, fields::HTTP_FILTER, |f| {
@@ -507,7 +537,67 @@ fn compile_hcm(
         server_name,
         generate_request_id: hcm.generate_request_id.is_none_or(|b| b.value),
         suppress_envoy_headers,
+        filters,
+        websocket,
     })
+}
+
+/// One HTTP filter before the router. Only the filters the proxy implements
+/// are accepted, each at most once.
+fn compile_http_filter(
+    scope: &Scope,
+    path: &str,
+    f: &HttpFilter,
+    out: &mut HttpFilters,
+) -> Result<(), ConfigError> {
+    let any = match &f.config_type {
+        Some(http_filter::ConfigType::TypedConfig(any)) => Some(any),
+        Some(http_filter::ConfigType::ConfigDiscovery(_)) => {
+            return Err(scope.unsupported(join(path, "config_discovery")));
+        }
+        None => None,
+    };
+    let kind = any.map(|a| type_name(&a.type_url));
+    let label = if f.name.is_empty() {
+        kind.unwrap_or("(unnamed)").to_string()
+    } else {
+        f.name.clone()
+    };
+    let is = |name: &str, type_name: &str| kind.map_or(f.name == name, |k| k == type_name);
+    if is(FAULT_FILTER, FAULT_TYPE) && out.fault.is_none() {
+        reject_unknown(scope, path, f, fields::HTTP_FILTER, |f| {
+            f.name.clear();
+            f.config_type = None;
+        })?;
+        let config = match any {
+            Some(any) => {
+                let tpath = join(path, "typed_config");
+                let fault: HttpFault = unpack(scope, &tpath, any)?;
+                FaultConfig::compile(scope, &tpath, &fault)?
+            }
+            None => FaultConfig {
+                delay: None,
+                abort: None,
+            },
+        };
+        out.fault = Some(Arc::new(config));
+        return Ok(());
+    }
+    if is(CORS_FILTER, CORS_TYPE) && !out.cors {
+        reject_unknown(scope, path, f, fields::HTTP_FILTER, |f| {
+            f.name.clear();
+            f.config_type = None;
+        })?;
+        if let Some(any) = any {
+            let tpath = join(path, "typed_config");
+            let cors: pb::envoy::extensions::filters::http::cors::v3::Cors =
+                unpack(scope, &tpath, any)?;
+            reject_unknown(scope, &tpath, &cors, &[], |_| {})?;
+        }
+        out.cors = true;
+        return Ok(());
+    }
+    Err(scope.unsupported(format!("{path} (http filter {label})")))
 }
 
 #[cfg(test)]
@@ -809,7 +899,7 @@ pub(crate) mod tests {
         extra_http_filter.http_filters.insert(
             0,
             HttpFilter {
-                name: "envoy.filters.http.fault".into(),
+                name: "envoy.filters.http.lua".into(),
                 ..Default::default()
             },
         );
@@ -857,7 +947,7 @@ pub(crate) mod tests {
             ),
             (
                 listener("l", "0.0.0.0", 80, &extra_http_filter),
-                "listener l: filter_chains[0].filters[0].typed_config.http_filters[0] (http filter envoy.filters.http.fault) is not supported",
+                "listener l: filter_chains[0].filters[0].typed_config.http_filters[0] (http filter envoy.filters.http.lua) is not supported",
             ),
             (
                 listener("l", "0.0.0.0", 80, &no_router),

@@ -14,11 +14,15 @@
 pub mod chain;
 mod check;
 pub mod cluster;
+pub mod cluster_policy;
+pub mod cors;
 pub mod endpoint;
+pub mod fault;
 mod fields;
 pub mod headers;
 pub mod listener;
 pub mod matcher;
+pub mod retry;
 pub mod route;
 pub mod tcp_proxy;
 
@@ -31,8 +35,8 @@ pub use chain::{ChainMatch, ChainSelector, Cidr};
 pub use cluster::{ClusterConfig, Discovery, LbPolicy, UpstreamProtocol};
 pub use endpoint::{EndpointSet, LbEndpointConfig};
 pub use listener::{
-    Codec, FilterChainConfig, HttpConfig, ListenerConfig, ListenerFilters, NetworkFilter,
-    RouteSource, TrafficDirection,
+    Codec, FilterChainConfig, HttpConfig, HttpFilters, ListenerConfig, ListenerFilters,
+    NetworkFilter, RouteSource, TrafficDirection,
 };
 pub use route::{Action, RouteTable};
 pub use tcp_proxy::{TcpClusters, TcpProxyConfig};

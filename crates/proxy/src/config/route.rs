@@ -15,9 +15,12 @@ use rpb::route_action::{ClusterSpecifier, HostRewriteSpecifier};
 use rpb::route_match::PathSpecifier;
 
 use super::check::reject_unknown;
+use super::cors::{CORS_FILTER, CorsPolicy};
+use super::fault::{FAULT_FILTER, FaultConfig};
 use super::headers::{HeaderOps, header_ops};
 use super::matcher::{HeaderMatch, HeaderSource, QueryMatch, header_match, query_match, regex};
-use super::{ConfigError, Scope, duration, fields, join};
+use super::retry::RetryPolicy;
+use super::{ConfigError, Scope, duration, fields, join, unpack};
 
 /// Envoy's route timeout when `timeout` is unset.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -48,6 +51,8 @@ pub struct VirtualHost {
     pub response_headers: HeaderOps,
     /// `include_request_attempt_count`: send `x-envoy-attempt-count` upstream.
     pub attempt_count_header: bool,
+    /// Per-filter configuration that routes without their own inherit.
+    pub filters: PerFilter,
 }
 
 #[derive(Debug)]
@@ -59,6 +64,45 @@ pub struct Route {
     pub action: Action,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// Per-filter overrides from `typed_per_filter_config`.
+    pub filters: PerFilter,
+}
+
+/// Route-level configuration of HTTP filters, which replaces the filter's own.
+#[derive(Debug, Default)]
+pub struct PerFilter {
+    pub fault: Option<FaultConfig>,
+    pub cors: Option<CorsPolicy>,
+}
+
+impl PerFilter {
+    fn compile(
+        scope: &Scope,
+        path: &str,
+        map: &HashMap<String, pb::google::protobuf::Any>,
+    ) -> Result<PerFilter, ConfigError> {
+        let mut out = PerFilter::default();
+        let mut keys: Vec<&String> = map.keys().collect();
+        keys.sort();
+        for key in keys {
+            let any = &map[key];
+            let fpath = join(path, &format!("typed_per_filter_config[\"{key}\"]"));
+            match key.as_str() {
+                FAULT_FILTER => {
+                    let f: pb::envoy::extensions::filters::http::fault::v3::HttpFault =
+                        unpack(scope, &fpath, any)?;
+                    out.fault = Some(FaultConfig::compile(scope, &fpath, &f)?);
+                }
+                CORS_FILTER => {
+                    let c: pb::envoy::extensions::filters::http::cors::v3::CorsPolicy =
+                        unpack(scope, &fpath, any)?;
+                    out.cors = Some(CorsPolicy::compile(scope, &fpath, &c)?);
+                }
+                _ => return Err(scope.unsupported(fpath)),
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Debug)]
@@ -96,6 +140,42 @@ pub struct Forward {
     pub prefix_rewrite: Option<String>,
     pub host_rewrite: Option<HeaderValue>,
     pub cluster_not_found_status: StatusCode,
+    pub retry: Option<Box<RetryPolicy>>,
+    /// Consistent-hash keys for RING_HASH and MAGLEV clusters.
+    pub hash_policy: Vec<HashPolicy>,
+    /// `regex_rewrite`: the path (without query) is rewritten by substitution.
+    pub regex_rewrite: Option<(Regex, String)>,
+    pub mirrors: Vec<Mirror>,
+}
+
+/// `request_mirror_policies[]`: a copy of the request sent to `cluster`.
+#[derive(Debug)]
+pub struct Mirror {
+    pub cluster: Arc<str>,
+    pub fraction: super::fault::Fraction,
+    /// Append `-shadow` to the host (Envoy's default).
+    pub shadow_suffix: bool,
+}
+
+#[derive(Debug)]
+pub struct HashPolicy {
+    pub key: HashKey,
+    /// Stop at this policy once it produced a hash.
+    pub terminal: bool,
+}
+
+#[derive(Debug)]
+pub enum HashKey {
+    Header(http::HeaderName),
+    /// A cookie; when absent and `ttl` is set the proxy makes one up and
+    /// sets it on the response.
+    Cookie {
+        name: String,
+        ttl: Option<Duration>,
+        path: String,
+    },
+    SourceIp,
+    QueryParameter(String),
 }
 
 #[derive(Debug)]
@@ -485,7 +565,9 @@ fn compile_vhost(
         v.response_headers_to_remove.clear();
         v.include_request_attempt_count = false;
         v.metadata = None;
+        v.typed_per_filter_config.clear();
     })?;
+    let filters = PerFilter::compile(scope, path, &vh.typed_per_filter_config)?;
     if vh.domains.is_empty() {
         return Err(scope.missing(join(path, "domains")));
     }
@@ -511,6 +593,7 @@ fn compile_vhost(
             ("response_headers_to_remove", &vh.response_headers_to_remove),
         )?,
         attempt_count_header: vh.include_request_attempt_count,
+        filters,
     })
 }
 
@@ -526,7 +609,9 @@ fn compile_route(scope: &Scope, path: &str, r: &rpb::Route) -> Result<Route, Con
         // Metadata and the tracing decorator carry no routing behaviour.
         r.metadata = None;
         r.decorator = None;
+        r.typed_per_filter_config.clear();
     })?;
+    let filters = PerFilter::compile(scope, path, &r.typed_per_filter_config)?;
     let Some(m) = &r.r#match else {
         return Err(scope.missing(join(path, "match")));
     };
@@ -631,6 +716,7 @@ fn compile_route(scope: &Scope, path: &str, r: &rpb::Route) -> Result<Route, Con
             ("response_headers_to_add", &r.response_headers_to_add),
             ("response_headers_to_remove", &r.response_headers_to_remove),
         )?,
+        filters,
     })
 }
 
@@ -650,6 +736,10 @@ fn compile_forward(
             a.host_rewrite_specifier = None;
         }
         a.cluster_not_found_response_code = 0;
+        a.retry_policy = None;
+        a.hash_policy.clear();
+        a.regex_rewrite = None;
+        a.request_mirror_policies.clear();
         // All-zero max_stream_duration is the "no limit" default, a no-op.
         if let Some(m) = &a.max_stream_duration
             && [
@@ -716,6 +806,187 @@ fn compile_forward(
         prefix_rewrite: (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone()),
         host_rewrite,
         cluster_not_found_status,
+        hash_policy: a
+            .hash_policy
+            .iter()
+            .enumerate()
+            .map(|(i, h)| compile_hash_policy(scope, &join(path, &format!("hash_policy[{i}]")), h))
+            .collect::<Result<Vec<_>, _>>()?,
+        regex_rewrite: match &a.regex_rewrite {
+            None => None,
+            Some(r) => {
+                let rpath = join(path, "regex_rewrite");
+                let Some(pattern) = &r.pattern else {
+                    return Err(scope.missing(join(&rpath, "pattern")));
+                };
+                Some((
+                    regex(scope, &join(&rpath, "pattern"), pattern)?,
+                    envoy_substitution(&r.substitution),
+                ))
+            }
+        },
+        mirrors: a
+            .request_mirror_policies
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                compile_mirror(
+                    scope,
+                    &join(path, &format!("request_mirror_policies[{i}]")),
+                    m,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        retry: match &a.retry_policy {
+            None => None,
+            Some(p) => Some(Box::new(RetryPolicy::compile(
+                scope,
+                &join(path, "retry_policy"),
+                p,
+            )?)),
+        },
+    })
+}
+
+/// Envoy's substitutions name groups `\\1`; the regex crate's are `${1}`.
+fn envoy_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(|d| d.is_ascii_digit()) => {
+                out.push_str("${");
+                while let Some(d) = chars.peek().copied().filter(|d| d.is_ascii_digit()) {
+                    out.push(d);
+                    chars.next();
+                }
+                out.push('}');
+            }
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn compile_hash_policy(
+    scope: &Scope,
+    path: &str,
+    h: &rpb::route_action::HashPolicy,
+) -> Result<HashPolicy, ConfigError> {
+    use rpb::route_action::hash_policy::PolicySpecifier;
+    let key = match &h.policy_specifier {
+        Some(PolicySpecifier::Header(hd)) => {
+            reject_unknown(
+                scope,
+                &join(path, "header"),
+                hd,
+                &[(1, "header_name"), (2, "regex_rewrite")],
+                |h| h.header_name.clear(),
+            )?;
+            HashKey::Header(
+                http::HeaderName::from_bytes(hd.header_name.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| {
+                        scope.invalid(join(path, "header.header_name"), "invalid header name")
+                    })?,
+            )
+        }
+        Some(PolicySpecifier::Cookie(c)) => {
+            let cpath = join(path, "cookie");
+            reject_unknown(
+                scope,
+                &cpath,
+                c,
+                &[(1, "name"), (2, "ttl"), (3, "path"), (4, "attributes")],
+                |c| {
+                    c.name.clear();
+                    c.ttl = None;
+                    c.path.clear();
+                },
+            )?;
+            if c.name.is_empty() {
+                return Err(scope.missing(join(&cpath, "name")));
+            }
+            HashKey::Cookie {
+                name: c.name.clone(),
+                ttl: match &c.ttl {
+                    None => None,
+                    Some(d) => Some(duration(scope, &join(&cpath, "ttl"), d)?),
+                },
+                path: c.path.clone(),
+            }
+        }
+        Some(PolicySpecifier::ConnectionProperties(c)) => {
+            if !c.source_ip {
+                return Err(scope.invalid(
+                    join(path, "connection_properties.source_ip"),
+                    "must be true",
+                ));
+            }
+            HashKey::SourceIp
+        }
+        Some(PolicySpecifier::QueryParameter(q)) => {
+            if q.name.is_empty() {
+                return Err(scope.missing(join(path, "query_parameter.name")));
+            }
+            HashKey::QueryParameter(q.name.clone())
+        }
+        Some(PolicySpecifier::FilterState(_)) => {
+            return Err(scope.unsupported(join(path, "filter_state")));
+        }
+        None => return Err(scope.missing(join(path, "policy_specifier"))),
+    };
+    Ok(HashPolicy {
+        key,
+        terminal: h.terminal,
+    })
+}
+
+fn compile_mirror(
+    scope: &Scope,
+    path: &str,
+    m: &rpb::route_action::RequestMirrorPolicy,
+) -> Result<Mirror, ConfigError> {
+    reject_unknown(
+        scope,
+        path,
+        m,
+        &[
+            (1, "cluster"),
+            (3, "runtime_fraction"),
+            (4, "trace_sampled"),
+            (5, "cluster_header"),
+            (6, "disable_shadow_host_suffix_append"),
+            (7, "request_headers_mutations"),
+        ],
+        |m| {
+            m.cluster.clear();
+            m.disable_shadow_host_suffix_append = false;
+            if m.runtime_fraction
+                .as_ref()
+                .is_some_and(|r| r.runtime_key.is_empty())
+            {
+                m.runtime_fraction = None;
+            }
+            // Tracing is not implemented: the sampling decision has no effect.
+            m.trace_sampled = None;
+        },
+    )?;
+    if m.cluster.is_empty() {
+        return Err(scope.missing(join(path, "cluster")));
+    }
+    let fraction = match &m.runtime_fraction {
+        None => super::fault::Fraction::ALL,
+        Some(r) => super::fault::Fraction::compile(
+            scope,
+            &join(path, "runtime_fraction.default_value"),
+            r.default_value.as_ref(),
+        )?,
+    };
+    Ok(Mirror {
+        cluster: Arc::from(m.cluster.as_str()),
+        fraction,
+        shadow_suffix: !m.disable_shadow_host_suffix_append,
     })
 }
 
@@ -1196,13 +1467,16 @@ mod tests {
         assert_eq!(f.timeout, None);
         let err = RouteTable::compile(&route(RouteAction {
             cluster_specifier: cluster(),
-            retry_policy: Some(Default::default()),
+            retry_policy: Some(rpb::RetryPolicy {
+                retry_host_predicate: vec![Default::default()],
+                ..Default::default()
+            }),
             ..Default::default()
         }))
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "route_configuration r: virtual_hosts[0].routes[0].route.retry_policy is not supported"
+            "route_configuration r: virtual_hosts[0].routes[0].route.retry_policy.retry_host_predicate is not supported"
         );
     }
 

@@ -14,6 +14,8 @@ pub enum ProxyBody {
     Empty,
     Full(Option<Bytes>),
     Upstream(UpstreamBody),
+    /// A body straight from a connection outside the pools.
+    Raw(hyper::body::Incoming),
 }
 
 impl ProxyBody {
@@ -38,6 +40,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),
+            ProxyBody::Raw(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -46,6 +49,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => true,
             ProxyBody::Full(data) => data.is_none(),
             ProxyBody::Upstream(body) => body.is_end_stream(),
+            ProxyBody::Raw(body) => body.is_end_stream(),
         }
     }
 
@@ -56,6 +60,7 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             ProxyBody::Upstream(body) => body.size_hint(),
+            ProxyBody::Raw(body) => body.size_hint(),
         }
     }
 }

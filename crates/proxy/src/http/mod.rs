@@ -4,3 +4,4 @@ pub mod body;
 pub(crate) mod conn;
 mod respond;
 pub(crate) mod router;
+mod upgrade;

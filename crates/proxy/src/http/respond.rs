@@ -25,6 +25,10 @@ pub(crate) enum LocalReply {
     ConnectionTermination,
     /// UT
     Timeout,
+    /// UO: a circuit breaker is full.
+    Overflow,
+    /// FI: the fault filter's abort, with its HTTP status.
+    FaultAbort(StatusCode),
 }
 
 impl LocalReply {
@@ -38,6 +42,8 @@ impl LocalReply {
             }
             LocalReply::ConnectionTermination => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
             LocalReply::Timeout => ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+            LocalReply::Overflow => ResponseFlags::UPSTREAM_OVERFLOW,
+            LocalReply::FaultAbort(_) => ResponseFlags::FAULT_INJECTED,
         }
     }
 
@@ -54,13 +60,15 @@ impl LocalReply {
                 "upstream_reset_before_response_started{connection_termination}"
             }
             LocalReply::Timeout => "upstream_response_timeout",
+            LocalReply::Overflow => "upstream_reset_before_response_started{overflow}",
+            LocalReply::FaultAbort(_) => "fault_filter_abort",
         }
     }
 
     pub(crate) fn status(self) -> StatusCode {
         match self {
             LocalReply::NoRoute => StatusCode::NOT_FOUND,
-            LocalReply::NoCluster(status) => status,
+            LocalReply::NoCluster(status) | LocalReply::FaultAbort(status) => status,
             LocalReply::Timeout => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -80,11 +88,52 @@ impl LocalReply {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
             }
             LocalReply::Timeout => "upstream request timeout",
+            LocalReply::Overflow => {
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+            }
+            LocalReply::FaultAbort(_) => "fault filter abort",
         }
     }
 
     pub(crate) fn response(self) -> Response<ProxyBody> {
         text(self.status(), self.body())
+    }
+
+    /// The reply to a gRPC request: HTTP 200 with no body and the status in
+    /// `grpc-status` (a trailers-only response), as Envoy answers gRPC
+    /// clients. `grpc` overrides the status mapped from the HTTP code.
+    pub(crate) fn grpc_response(self, grpc: Option<u32>) -> Response<ProxyBody> {
+        let code = grpc.unwrap_or_else(|| grpc_status_for(self.status()));
+        let mut resp = Response::new(ProxyBody::Empty);
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(code));
+        let message = self.body();
+        if !message.is_empty()
+            && let Ok(v) = HeaderValue::from_str(message)
+        {
+            h.insert("grpc-message", v);
+        }
+        resp
+    }
+}
+
+/// Whether a request is gRPC (its content type), for gRPC-shaped local replies.
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC status for an HTTP status, as gRPC's HTTP mapping defines it.
+fn grpc_status_for(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
     }
 }
 

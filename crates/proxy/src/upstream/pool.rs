@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -19,15 +19,103 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use super::Host;
+use super::{Breakers, Host};
+use crate::config::ClusterConfig;
 
 /// Idle HTTP/1.1 connections kept per host.
 const MAX_IDLE_H1: usize = 256;
 
 #[derive(Debug, Default)]
 pub(super) struct Pools {
-    h1_idle: Mutex<Vec<http1::SendRequest<Incoming>>>,
-    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+    h1_idle: Mutex<Vec<Idle>>,
+    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+}
+
+/// An idle HTTP/1.1 connection: since when, and how many requests it carried.
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+    uses: u32,
+}
+
+/// A connection counted against the cluster's `max_connections` until its
+/// task ends.
+#[derive(Debug)]
+struct ConnectionSlot(Arc<Breakers>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+        // A waiting request may now open a connection.
+        self.0.wake_pending();
+    }
+}
+
+/// A request body going upstream: streamed from downstream, or held in
+/// memory so that it can be sent again (retries, mirrors).
+#[derive(Debug)]
+pub enum RequestBody {
+    Stream(Incoming),
+    Buffered(Option<Bytes>),
+    /// Bytes already read, then the rest of the stream.
+    Prefixed(Option<Bytes>, Incoming),
+}
+
+impl RequestBody {
+    pub fn buffered(bytes: &Bytes) -> RequestBody {
+        if bytes.is_empty() {
+            RequestBody::Buffered(None)
+        } else {
+            RequestBody::Buffered(Some(bytes.clone()))
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Buffered(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RequestBody::Prefixed(head, rest) => match head.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Stream(b) => b.is_end_stream(),
+            RequestBody::Buffered(data) => data.is_none(),
+            RequestBody::Prefixed(head, rest) => head.is_none() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Stream(b) => b.size_hint(),
+            RequestBody::Buffered(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            RequestBody::Prefixed(head, rest) => {
+                let extra = head.as_ref().map_or(0, |d| d.len() as u64);
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + extra);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
+        }
+    }
 }
 
 /// Why a request got no upstream response.
@@ -39,36 +127,69 @@ pub enum SendError {
     /// The connection failed after the request was handed to it (UC).
     #[error("{0}")]
     Reset(hyper::Error),
+    /// A circuit breaker is full (UO).
+    #[error("overflow")]
+    Overflow,
+}
+
+impl SendError {
+    /// Whether the upstream refused the HTTP/2 stream (safe to retry).
+    pub fn refused_stream(&self) -> bool {
+        match self {
+            SendError::Reset(e) => {
+                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+                while let Some(err) = source {
+                    if err.to_string().contains("REFUSED_STREAM")
+                        || err.to_string().contains("refused stream")
+                    {
+                        return true;
+                    }
+                    source = err.source();
+                }
+                false
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Pools {
-    async fn take_h1(&self) -> Option<http1::SendRequest<Incoming>> {
+    /// An idle connection still open and not idle longer than `idle_timeout`,
+    /// with the number of requests it already carried.
+    async fn take_h1(
+        &self,
+        idle_timeout: Option<Duration>,
+    ) -> Option<(http1::SendRequest<RequestBody>, u32)> {
         loop {
-            let mut sender = self
+            let mut idle = self
                 .h1_idle
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .pop()?;
-            if sender.is_closed() {
+            if idle.sender.is_closed() || idle_timeout.is_some_and(|t| idle.since.elapsed() >= t) {
                 continue;
             }
-            if sender.ready().await.is_ok() {
-                return Some(sender);
+            if idle.sender.ready().await.is_ok() {
+                return Some((idle.sender, idle.uses));
             }
         }
     }
 
-    fn put_h1(&self, sender: http1::SendRequest<Incoming>) {
-        if sender.is_closed() {
+    fn put_h1(&self, sender: http1::SendRequest<RequestBody>, uses: u32, max_uses: Option<u32>) {
+        if sender.is_closed() || max_uses.is_some_and(|m| uses >= m) {
             return;
         }
         let mut idle = self.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE_H1 {
-            idle.push(sender);
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+                uses,
+            });
         }
     }
 
-    fn h2(&self) -> Option<http2::SendRequest<Incoming>> {
+    fn h2(&self) -> Option<http2::SendRequest<RequestBody>> {
         let mut slot = self.h2.lock().unwrap_or_else(|e| e.into_inner());
         match &*slot {
             Some(s) if !s.is_closed() => Some(s.clone()),
@@ -80,7 +201,7 @@ impl Pools {
         }
     }
 
-    fn set_h2(&self, sender: &http2::SendRequest<Incoming>) {
+    fn set_h2(&self, sender: &http2::SendRequest<RequestBody>) {
         let mut slot = self.h2.lock().unwrap_or_else(|e| e.into_inner());
         if slot.as_ref().is_none_or(|s| s.is_closed()) {
             *slot = Some(sender.clone());
@@ -93,15 +214,20 @@ impl Pools {
 struct ActiveGuard(Arc<Host>);
 
 impl ActiveGuard {
-    fn new(host: &Arc<Host>) -> ActiveGuard {
+    /// `None` when the cluster's `max_requests` is reached.
+    fn new(host: &Arc<Host>, max: u32) -> Option<ActiveGuard> {
+        if !Breakers::try_take(&host.breakers.requests, max) {
+            return None;
+        }
         host.active.fetch_add(1, Ordering::Relaxed);
         host.stats.upstream_rq_active.inc();
-        ActiveGuard(host.clone())
+        Some(ActiveGuard(host.clone()))
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
+        self.0.breakers.requests.fetch_sub(1, Ordering::AcqRel);
         self.0.active.fetch_sub(1, Ordering::Relaxed);
         self.0.stats.upstream_rq_active.dec();
     }
@@ -109,38 +235,47 @@ impl Drop for ActiveGuard {
 
 impl Host {
     /// Sends `req` (origin-form URI and Host header for HTTP/1.1; absolute URI
-    /// for HTTP/2) and returns the response headers. New connections bind
-    /// `source` first when set.
+    /// for HTTP/2) and returns the response headers, within the limits of
+    /// the cluster's config. New connections bind its source address first
+    /// when set.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         http2: bool,
-        connect_timeout: Duration,
-        source: Option<SocketAddr>,
+        cluster: &ClusterConfig,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let active = ActiveGuard::new(self);
+        let Some(active) = ActiveGuard::new(self, cluster.limits.max_requests) else {
+            self.stats.upstream_rq_pending_overflow.inc();
+            return Err(SendError::Overflow);
+        };
+        let (connect_timeout, source) = (cluster.connect_timeout, cluster.source_address);
         if http2 {
             self.send_h2(req, connect_timeout, source, active).await
         } else {
-            self.send_h1(req, connect_timeout, source, active).await
+            self.send_h1(req, cluster, active).await
         }
     }
 
     async fn send_h1(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
-        connect_timeout: Duration,
-        source: Option<SocketAddr>,
+        mut req: Request<RequestBody>,
+        cluster: &ClusterConfig,
         active: ActiveGuard,
     ) -> Result<Response<UpstreamBody>, SendError> {
+        let options = cluster.pool;
         loop {
-            let (mut sender, reused) = match self.pool.take_h1().await {
-                Some(s) => (s, true),
-                None => (self.connect_h1(connect_timeout, source).await?, false),
+            let (mut sender, reused, uses) = match self.h1_connection(cluster).await? {
+                (sender, Some(uses)) => (sender, true, uses),
+                (sender, None) => (sender, false, 0),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    let release = Some((self.clone(), sender));
+                    let release = Some(Release {
+                        host: self.clone(),
+                        sender,
+                        uses: uses + 1,
+                        max_uses: options.max_requests_per_connection,
+                    });
                     return Ok(resp.map(|b| UpstreamBody::new(b, release, active)));
                 }
                 Err(mut e) => match e.take_message() {
@@ -155,7 +290,7 @@ impl Host {
 
     async fn send_h2(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         connect_timeout: Duration,
         source: Option<SocketAddr>,
         active: ActiveGuard,
@@ -176,6 +311,46 @@ impl Host {
                     _ => return Err(SendError::Reset(e.into_error())),
                 },
             }
+        }
+    }
+
+    /// An idle connection (with its use count), or a new one (`None`) when
+    /// `max_connections` allows; otherwise the request waits as pending,
+    /// or overflows when `max_pending_requests` are already waiting.
+    async fn h1_connection(
+        &self,
+        cluster: &ClusterConfig,
+    ) -> Result<(http1::SendRequest<RequestBody>, Option<u32>), SendError> {
+        let (limits, options) = (cluster.limits, cluster.pool);
+        let (connect_timeout, source) = (cluster.connect_timeout, cluster.source_address);
+        let breakers = &self.breakers;
+        let mut pending = None;
+        loop {
+            let released = breakers.released.notified();
+            let mut released = std::pin::pin!(released);
+            released.as_mut().enable();
+            if let Some((sender, uses)) = self.pool.take_h1(options.idle_timeout).await {
+                return Ok((sender, Some(uses)));
+            }
+            if Breakers::try_take(&breakers.connections, limits.max_connections) {
+                let slot = ConnectionSlot(breakers.clone());
+                return Ok((self.connect_h1(connect_timeout, source, slot).await?, None));
+            }
+            if pending.is_none() {
+                match Breakers::try_acquire(&breakers.pending, limits.max_pending_requests) {
+                    Some(slot) => {
+                        // Look again before sleeping: a connection released
+                        // before the pending count rose sent no signal.
+                        pending = Some(slot);
+                        continue;
+                    }
+                    None => {
+                        self.stats.upstream_rq_pending_overflow.inc();
+                        return Err(SendError::Overflow);
+                    }
+                }
+            }
+            released.await;
         }
     }
 
@@ -205,12 +380,13 @@ impl Host {
         &self,
         timeout: Duration,
         source: Option<SocketAddr>,
-    ) -> Result<http1::SendRequest<Incoming>, SendError> {
+        slot: ConnectionSlot,
+    ) -> Result<http1::SendRequest<RequestBody>, SendError> {
         let stream = self.connect(timeout, source).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| SendError::Connect(e.to_string()))?;
-        self.spawn_connection(conn);
+        self.spawn_connection(conn, Some(slot));
         Ok(sender)
     }
 
@@ -218,18 +394,18 @@ impl Host {
         &self,
         timeout: Duration,
         source: Option<SocketAddr>,
-    ) -> Result<http2::SendRequest<Incoming>, SendError> {
+    ) -> Result<http2::SendRequest<RequestBody>, SendError> {
         let stream = self.connect(timeout, source).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| SendError::Connect(e.to_string()))?;
-        self.spawn_connection(conn);
+        self.spawn_connection(conn, None);
         self.pool.set_h2(&sender);
         Ok(sender)
     }
 
-    fn spawn_connection<F>(&self, conn: F)
+    fn spawn_connection<F>(&self, conn: F, slot: Option<ConnectionSlot>)
     where
         F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
     {
@@ -240,6 +416,7 @@ impl Host {
                 tracing::debug!(error = %e, "upstream connection closed with an error");
             }
             stats.upstream_cx_active.dec();
+            drop(slot);
         });
     }
 }
@@ -249,16 +426,21 @@ impl Host {
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Incoming,
-    release: Option<(Arc<Host>, http1::SendRequest<Incoming>)>,
+    release: Option<Release>,
     active: Option<ActiveGuard>,
 }
 
+/// What returns an HTTP/1.1 connection to its pool once the body is read.
+#[derive(Debug)]
+struct Release {
+    host: Arc<Host>,
+    sender: http1::SendRequest<RequestBody>,
+    uses: u32,
+    max_uses: Option<u32>,
+}
+
 impl UpstreamBody {
-    fn new(
-        inner: Incoming,
-        release: Option<(Arc<Host>, http1::SendRequest<Incoming>)>,
-        active: ActiveGuard,
-    ) -> UpstreamBody {
+    fn new(inner: Incoming, release: Option<Release>, active: ActiveGuard) -> UpstreamBody {
         let mut body = UpstreamBody {
             inner,
             release,
@@ -271,10 +453,11 @@ impl UpstreamBody {
     }
 
     fn finish(&mut self, reusable: bool) {
-        if let Some((host, sender)) = self.release.take()
+        if let Some(r) = self.release.take()
             && reusable
         {
-            host.pool.put_h1(sender);
+            r.host.pool.put_h1(r.sender, r.uses, r.max_uses);
+            r.host.breakers.wake_pending();
         }
         self.active = None;
     }

@@ -33,6 +33,8 @@ pub struct AppConfig {
     /// Report the request as received (method, authority, headers) under
     /// `request`, so tests can see what the mesh did to it.
     pub echo_request: bool,
+    /// Wait this long before answering (a slow service).
+    pub delay: Duration,
 }
 
 impl Default for AppConfig {
@@ -48,6 +50,7 @@ impl Default for AppConfig {
             http_proxy: None,
             upstream_timeout: Duration::from_secs(30),
             echo_request: false,
+            delay: Duration::ZERO,
         }
     }
 }
@@ -126,6 +129,14 @@ impl AppConfig {
                     });
                 }
             };
+        }
+        // fake-service's median latency; this app always waits exactly that.
+        if let Some(delay) = get("TIMING_50_PERCENTILE") {
+            config.delay = parse_duration(&delay).ok_or(ConfigError {
+                var: "TIMING_50_PERCENTILE",
+                value: delay,
+                expected: "a duration (like 30s or 500ms)",
+            })?;
         }
         if let Some(timeout) = get("HTTP_CLIENT_REQUEST_TIMEOUT") {
             config.upstream_timeout = parse_duration(&timeout)
@@ -356,6 +367,7 @@ mod tests {
                 http_proxy: Some("http://127.0.0.1:15001".into()),
                 upstream_timeout: Duration::from_millis(62_500),
                 echo_request: true,
+                delay: Duration::ZERO,
             }
         );
     }

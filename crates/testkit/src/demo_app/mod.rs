@@ -20,6 +20,7 @@
 //! same port, as fake-service does.
 
 mod config;
+mod extra;
 mod time;
 mod upstream;
 
@@ -27,13 +28,15 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use extra::AppBody;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -62,7 +65,7 @@ pub async fn run(config: AppConfig) -> anyhow::Result<()> {
 
 /// Serves requests on `listener` until the task is dropped.
 pub async fn serve(config: AppConfig, listener: TcpListener) -> anyhow::Result<()> {
-    serve_until(config, listener, std::future::pending()).await
+    serve_until(config, listener, std::future::pending(), Arc::default()).await
 }
 
 /// Starts the app on the current Tokio runtime, for tests that run their
@@ -78,14 +81,21 @@ pub fn spawn(config: AppConfig, listener: TcpListener) -> AppHandle {
         .local_addr()
         .expect("a bound listener has a local address");
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve_until(config, listener, async move {
-        // A dropped sender means the handle is gone: stop as well.
-        let _ = shutdown_rx.await;
-    }));
+    let served = Arc::new(AtomicU64::new(0));
+    let task = tokio::spawn(serve_until(
+        config,
+        listener,
+        async move {
+            // A dropped sender means the handle is gone: stop as well.
+            let _ = shutdown_rx.await;
+        },
+        served.clone(),
+    ));
     AppHandle {
         local_addr,
         shutdown: Some(shutdown_tx),
         task: Some(task),
+        served,
     }
 }
 
@@ -95,12 +105,19 @@ pub struct AppHandle {
     local_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+    served: Arc<AtomicU64>,
 }
 
 impl AppHandle {
     /// Where the app listens.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// How many requests the app received so far (mirroring tests count
+    /// the copies).
+    pub fn requests(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
     }
 
     /// Stops accepting, closes open connections and waits until the app is
@@ -128,10 +145,11 @@ async fn serve_until(
     config: AppConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
+    served: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
     let local_addr = listener.local_addr().context("listener has no address")?;
     tracing::info!(%local_addr, ?config, "demo app listening");
-    let app = Arc::new(App::new(config));
+    let app = Arc::new(App::new(config, served));
     // Connections live in the set so that stopping the app (dropping the
     // set) also closes them; a test's next step must not reach a stopped app.
     let mut connections = JoinSet::new();
@@ -163,7 +181,7 @@ async fn serve_until(
                 async move { Ok::<_, Infallible>(app.handle(local_ip, request).await) }
             });
             let served = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
             if let Err(err) = served {
                 tracing::debug!(%peer, %err, "demo app connection ended with an error");
@@ -177,19 +195,36 @@ async fn serve_until(
 struct App {
     config: AppConfig,
     upstreams: Upstreams,
+    served: Arc<AtomicU64>,
 }
 
 impl App {
-    fn new(config: AppConfig) -> Self {
+    fn new(config: AppConfig, served: Arc<AtomicU64>) -> Self {
         let upstreams = Upstreams::new(
             config.upstream_uris.clone(),
             config.http_proxy.as_deref(),
             config.upstream_timeout,
         );
-        Self { config, upstreams }
+        Self {
+            config,
+            upstreams,
+            served,
+        }
     }
 
-    async fn handle(&self, local_ip: IpAddr, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, local_ip: IpAddr, mut request: Request<Incoming>) -> Response<AppBody> {
+        self.served.fetch_add(1, Ordering::Relaxed);
+        if !self.config.delay.is_zero() {
+            tokio::time::sleep(self.config.delay).await;
+        }
+        if extra::is_websocket(request.headers()) {
+            return extra::websocket_echo(&mut request);
+        }
+        if extra::is_grpc(request.headers()) {
+            let injected =
+                self.config.error_rate > 0.0 && rand::random::<f64>() < self.config.error_rate;
+            return extra::grpc_unary(request, &self.config, injected).await;
+        }
         let started_at = SystemTime::now();
         let started = Instant::now();
         let (parts, body) = request.into_parts();
@@ -234,7 +269,7 @@ impl App {
         tracing::debug!(name = %self.config.name, uri = %report.uri, code, "demo app answered");
         // Serializing a struct of strings and JSON values cannot fail.
         let body = serde_json::to_vec_pretty(&report).unwrap_or_default();
-        let mut response = Response::new(Full::new(Bytes::from(body)));
+        let mut response = Response::new(AppBody::full(Bytes::from(body)));
         *response.status_mut() =
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         response
@@ -282,11 +317,12 @@ fn echo(parts: &http::request::Parts) -> serde_json::Value {
             })
             .or_insert(serde_json::Value::String(value));
     }
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| parts.headers.get(http::header::HOST).map(|h| String::from_utf8_lossy(h.as_bytes()).to_string()));
+    let authority = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
+        parts
+            .headers
+            .get(http::header::HOST)
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).to_string())
+    });
     serde_json::json!({
         "method": parts.method.as_str(),
         "authority": authority,

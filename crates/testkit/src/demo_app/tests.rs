@@ -308,7 +308,7 @@ async fn serves_keep_alive_requests_with_bodies() {
     for i in 0..3 {
         let request = Request::post(format!("/post/{i}"))
             .header("host", "service-a")
-            .body(Full::new(Bytes::from_static(b"payload")))
+            .body(http_body_util::Full::new(Bytes::from_static(b"payload")))
             .unwrap();
         let response = sender.send_request(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
