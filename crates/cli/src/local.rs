@@ -130,14 +130,7 @@ impl LocalMesh {
                 app_host.to_string().into(),
             );
             let node = Node {
-                id: format!(
-                    "{kind}~{}~{}.{}~{}.svc.{}",
-                    workload.address,
-                    workload.name,
-                    workload.namespace,
-                    workload.namespace,
-                    mizzen_pilot::DEFAULT_DOMAIN_SUFFIX
-                ),
+                id: crate::pods::node_id(kind, workload),
                 cluster: format!(
                     "{}.{}",
                     workload.labels.get("app").unwrap_or(&workload.name),

@@ -61,7 +61,8 @@ fn key(workload: &Workload) -> String {
     format!("{}/{}", workload.namespace, workload.name)
 }
 
-fn node_id(kind: &str, workload: &Workload) -> String {
+/// Istio's node id of a workload's proxy: `KIND~IP~NAME.NS~NS.svc.DOMAIN`.
+pub(crate) fn node_id(kind: &str, workload: &Workload) -> String {
     format!(
         "{kind}~{}~{}.{}~{}.svc.{}",
         workload.address,

@@ -334,13 +334,36 @@ impl Model {
         );
     }
 
-    /// The workload port a service port sends traffic to, if the workload
-    /// has it.
-    pub fn target_port(port: &ServicePort, workload: &Workload) -> Option<u16> {
+    /// The workload port a service port sends traffic to; a named target
+    /// port is known only with the workload that names it.
+    pub fn target_port(port: &ServicePort, workload: Option<&Workload>) -> Option<u16> {
         match &port.target_port {
             TargetPort::Number(n) => Some(*n),
-            TargetPort::Named(name) => workload.ports.get(name).copied(),
+            TargetPort::Named(name) => workload?.ports.get(name).copied(),
         }
+    }
+
+    /// The service host and port a VirtualService destination written in
+    /// `namespace` names: its explicit port, else the service's only port,
+    /// else the port the traffic arrived on (Istio's rule).
+    pub fn destination(
+        &self,
+        destination: &mizzen_api::networking::Destination,
+        namespace: &str,
+        arrived_on: u16,
+    ) -> (String, u16) {
+        let host = self.resolve_host(&destination.host, namespace);
+        let port = destination
+            .port
+            .as_ref()
+            .and_then(|p| p.number)
+            .and_then(|n| u16::try_from(n).ok())
+            .or_else(|| {
+                let service = self.services.get(&host)?;
+                (service.ports.len() == 1).then(|| service.ports[0].port)
+            })
+            .unwrap_or(arrived_on);
+        (host, port)
     }
 
     /// Endpoints of a service port, optionally narrowed to a subset's labels.
@@ -358,7 +381,7 @@ impl Model {
             .filter_map(|w| {
                 Some(Endpoint {
                     address: w.address,
-                    port: Self::target_port(port, w)?,
+                    port: Self::target_port(port, Some(w))?,
                     labels: w.labels.clone(),
                 })
             })

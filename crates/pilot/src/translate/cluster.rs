@@ -151,13 +151,7 @@ pub fn inbound_ports(model: &Model, proxy: &ProxyNode) -> BTreeMap<u16, Protocol
             if proxy.interception == InterceptionMode::None && !port.protocol.is_http() {
                 continue;
             }
-            let target = match &workload {
-                Some(w) => Model::target_port(port, w),
-                None => match &port.target_port {
-                    crate::model::TargetPort::Number(n) => Some(*n),
-                    crate::model::TargetPort::Named(_) => None,
-                },
-            };
+            let target = Model::target_port(port, workload);
             if let Some(target) = target {
                 let entry = ports.entry(target).or_insert(port.protocol);
                 if port.protocol.is_http2() || *entry == Protocol::Unspecified {

@@ -47,13 +47,7 @@ fn servers_by_listener_port<'a>(
                 .iter()
                 .flat_map(|s| s.ports.iter())
                 .find(|p| p.port == port)
-                .and_then(|p| match &workload {
-                    Some(w) => Model::target_port(p, w),
-                    None => match &p.target_port {
-                        crate::model::TargetPort::Number(n) => Some(*n),
-                        crate::model::TargetPort::Named(_) => None,
-                    },
-                })
+                .and_then(|p| Model::target_port(p, workload))
                 .unwrap_or(port);
             out.entry(target).or_default().push(BoundServer {
                 gateway,

@@ -256,18 +256,8 @@ fn service_tcp_proxy(
         .route
         .iter()
         .map(|destination| {
-            let host = model.resolve_host(&destination.destination.host, &vs.namespace);
-            let dest_port = destination
-                .destination
-                .port
-                .as_ref()
-                .and_then(|p| p.number)
-                .and_then(|n| u16::try_from(n).ok())
-                .or_else(|| {
-                    let target = model.services.get(&host)?;
-                    (target.ports.len() == 1).then(|| target.ports[0].port)
-                })
-                .unwrap_or(port);
+            let (host, dest_port) =
+                model.destination(&destination.destination, &vs.namespace, port);
             let subset = destination
                 .destination
                 .subset

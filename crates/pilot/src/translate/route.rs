@@ -593,13 +593,7 @@ fn http_action(
         .map(|destination| (destination, legacy_percent))
         .chain(http.mirrors.iter().map(|m| (&m.destination, m.percentage)));
     for (destination, percentage) in mirrors {
-        let host = model.resolve_host(&destination.host, &vs.namespace);
-        let mirror_port = destination
-            .port
-            .as_ref()
-            .and_then(|p| p.number)
-            .and_then(|n| u16::try_from(n).ok())
-            .unwrap_or(port);
+        let (host, mirror_port) = model.destination(destination, &vs.namespace, port);
         action
             .request_mirror_policies
             .push(route_action::RequestMirrorPolicy {
@@ -694,18 +688,7 @@ fn route_action(
     let mut clusters: Vec<(String, u32)> = Vec::new();
     let mut hash_policy = Vec::new();
     for destination in &http.route {
-        let host = model.resolve_host(&destination.destination.host, &vs.namespace);
-        let dest_port = destination
-            .destination
-            .port
-            .as_ref()
-            .and_then(|p| p.number)
-            .and_then(|n| u16::try_from(n).ok())
-            .or_else(|| {
-                let service = model.services.get(&host)?;
-                (service.ports.len() == 1).then(|| service.ports[0].port)
-            })
-            .unwrap_or(port);
+        let (host, dest_port) = model.destination(&destination.destination, &vs.namespace, port);
         let subset = destination.destination.subset.clone().unwrap_or_default();
         if clusters.is_empty() {
             // Consistent hashing follows the first destination's rule, as Istio does.
