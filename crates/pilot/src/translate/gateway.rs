@@ -103,7 +103,8 @@ pub fn routes(model: &Model, proxy: &ProxyNode, names: &[String]) -> Vec<Resourc
                 if !binds(vs, &server.gateway.namespace, &server.gateway.name) {
                     continue;
                 }
-                let routes = route::virtual_service_routes(model, vs, server.port, &gateway_ref);
+                let routes =
+                    route::virtual_service_routes(model, vs, server.port, &gateway_ref, proxy);
                 for vs_host in &vs.spec.hosts {
                     for server_host in server.hosts {
                         let Some(host) = bound_host(

@@ -97,7 +97,7 @@ pub fn sidecar_routes(model: &Model, proxy: &ProxyNode, names: &[String]) -> Vec
                 virtual_hosts.push(VirtualHost {
                     name: format!("{}:{}", service.hostname, port.port),
                     domains,
-                    routes: service_routes(model, service, port.port, &proxy.namespace),
+                    routes: service_routes(model, service, port.port, proxy),
                     ..Default::default()
                 });
             }
@@ -177,14 +177,10 @@ fn catch_all(policy: OutboundPolicy) -> VirtualHost {
 
 /// Routes of one service port for sidecars: those of the VirtualService that
 /// applies, else one route to the service.
-fn service_routes(
-    model: &Model,
-    service: &Service,
-    port: u16,
-    proxy_namespace: &str,
-) -> Vec<Route> {
+fn service_routes(model: &Model, service: &Service, port: u16, proxy: &ProxyNode) -> Vec<Route> {
+    let proxy_namespace = proxy.namespace.as_str();
     match model.virtual_service_for(&service.hostname, proxy_namespace, "mesh") {
-        Some(vs) => virtual_service_routes(model, vs, port, "mesh"),
+        Some(vs) => virtual_service_routes(model, vs, port, "mesh", proxy),
         None => {
             let mut route = forward_all(
                 "default",
@@ -206,12 +202,15 @@ fn service_routes(
 }
 
 /// Translates a VirtualService's `http` section for traffic arriving on
-/// `port` through `gateway` (`mesh` for sidecars, `ns/name` for a gateway).
+/// `port` through `gateway` (`mesh` for sidecars, `ns/name` for a gateway)
+/// at `proxy`: matches on `sourceLabels` and `sourceNamespace` are decided
+/// here, since each proxy gets its own routes.
 pub fn virtual_service_routes(
     model: &Model,
     vs: &Config<VirtualService>,
     port: u16,
     gateway: &str,
+    proxy: &ProxyNode,
 ) -> Vec<Route> {
     let mut routes = Vec::new();
     for (index, http) in vs.spec.http.iter().enumerate() {
@@ -241,6 +240,13 @@ pub fn virtual_service_routes(
                 continue;
             }
             if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == gateway) {
+                continue;
+            }
+            if !crate::model::labels_match(&m.source_labels, &proxy.labels)
+                || m.source_namespace
+                    .as_ref()
+                    .is_some_and(|ns| *ns != proxy.namespace)
+            {
                 continue;
             }
             let name = m
@@ -687,6 +693,8 @@ fn route_action(
 ) -> Option<RouteAction> {
     let mut clusters: Vec<(String, u32)> = Vec::new();
     let mut hash_policy = Vec::new();
+    // Headers set per destination ride on the weighted cluster entries.
+    let per_destination_headers = http.route.iter().any(|d| d.headers.is_some());
     for destination in &http.route {
         let (host, dest_port) = model.destination(&destination.destination, &vs.namespace, port);
         let subset = destination.destination.subset.clone().unwrap_or_default();
@@ -712,7 +720,7 @@ fn route_action(
         .as_deref()
         .and_then(|t| mizzen_api::parse_duration(t).ok())
         .unwrap_or(Duration::ZERO);
-    let cluster_specifier = if clusters.len() == 1 {
+    let cluster_specifier = if clusters.len() == 1 && !per_destination_headers {
         ClusterSpecifier::Cluster(clusters.remove(0).0)
     } else {
         // Istio drops zero-weight destinations; with no weights at all the
@@ -723,11 +731,22 @@ fn route_action(
         ClusterSpecifier::WeightedClusters(WeightedCluster {
             clusters: clusters
                 .into_iter()
-                .filter(|(_, w)| *w > 0)
-                .map(|(name, weight)| ClusterWeight {
-                    name,
-                    weight: Some(mizzen_xds::pb::google::protobuf::UInt32Value { value: weight }),
-                    ..Default::default()
+                .zip(&http.route)
+                .filter(|((_, w), _)| *w > 0)
+                .map(|((name, weight), destination)| {
+                    let (request_add, request_remove, response_add, response_remove) =
+                        header_operations(destination.headers.as_ref());
+                    ClusterWeight {
+                        name,
+                        weight: Some(mizzen_xds::pb::google::protobuf::UInt32Value {
+                            value: weight,
+                        }),
+                        request_headers_to_add: request_add,
+                        request_headers_to_remove: request_remove,
+                        response_headers_to_add: response_add,
+                        response_headers_to_remove: response_remove,
+                        ..Default::default()
+                    }
                 })
                 .collect(),
             ..Default::default()
