@@ -56,6 +56,9 @@ pub struct ServiceSpec {
     /// The same, per version, overriding `delay_ms`.
     #[serde(default)]
     pub delays_ms: BTreeMap<String, u64>,
+    /// Backends serve HTTPS (self-signed) instead of plain HTTP.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 fn default_namespace() -> String {
@@ -129,6 +132,11 @@ pub struct RequestSpec {
     /// A request body.
     #[serde(default)]
     pub body: Option<String>,
+    /// Send HTTPS with this server name (SNI) to the proxy's listener on
+    /// `port`, accepting any certificate: TLS passes through the proxy to a
+    /// `tls` backend.
+    #[serde(default)]
+    pub sni: Option<String>,
     pub expect: Expect,
 }
 
@@ -218,6 +226,9 @@ pub struct Expect {
     /// gRPC status of every answer (`grpc` requests).
     #[serde(default)]
     pub grpc_status: Option<u32>,
+    /// The server name the TLS backend saw (`sni` requests).
+    #[serde(default)]
+    pub backend_sni: Option<String>,
 }
 
 fn default_tolerance() -> f64 {

@@ -1,5 +1,6 @@
-//! Requests beyond plain HTTP/1.1: a unary gRPC call over h2c and a
-//! WebSocket round trip, each through the proxy under test.
+//! Requests beyond plain HTTP/1.1: a unary gRPC call over h2c, a WebSocket
+//! round trip, and HTTPS with a chosen server name, each through the proxy
+//! under test.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -141,4 +142,112 @@ pub(crate) async fn websocket_echo(
     })
     .await
     .context("WebSocket exchange timed out")?
+}
+
+/// An HTTP/1.1 request over TLS with server name `sni`, sent to the proxy's
+/// listener on the request's `port` (TLS passes through to the backend,
+/// whose self-signed certificate is accepted).
+pub(crate) async fn https_request(
+    target: SocketAddr,
+    request: &RequestSpec,
+    sni: &str,
+) -> anyhow::Result<Answer> {
+    let port = request
+        .port
+        .context("an `sni` request needs the `port` of the proxy's listener")?;
+    let target = SocketAddr::new(target.ip(), port);
+    let server_name = rustls::pki_types::ServerName::try_from(sni.to_owned())
+        .with_context(|| format!("{sni:?} is not a server name"))?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    tokio::time::timeout(TIMEOUT, async {
+        let stream = TcpStream::connect(target).await?;
+        let stream = connector
+            .connect(server_name, stream)
+            .await
+            .context("TLS handshake through the proxy")?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let mut builder = http::Request::builder()
+            .method(request.method.as_str())
+            .uri(request.path.as_str())
+            .header("host", &request.host);
+        for (name, value) in &request.headers {
+            builder = builder.header(name, value);
+        }
+        let body = request.body.clone().map(Bytes::from).unwrap_or_default();
+        let response = sender.send_request(builder.body(Full::new(body))?).await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await?.to_bytes();
+        let body = String::from_utf8_lossy(&body).to_string();
+        let json = serde_json::from_str(&body).ok();
+        anyhow::Ok(Answer {
+            status,
+            headers,
+            body,
+            json,
+            grpc_status: None,
+            grpc_backend: None,
+        })
+    })
+    .await
+    .context("HTTPS request timed out")?
+}
+
+/// Accepts any server certificate (the demo app's are self-signed) but
+/// still checks the handshake signatures.
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }

@@ -126,6 +126,7 @@ async fn run_inner(case: &Case, plane: DataPlane, shared: Option<&Path>) -> anyh
                         .copied()
                         .unwrap_or(service.delay_ms),
                 ),
+                tls: service.tls,
                 ..AppConfig::default()
             };
             let listener = tokio::net::TcpListener::bind(app.listen_addr).await?;
@@ -311,6 +312,9 @@ async fn send_one(
     target: SocketAddr,
     request: &RequestSpec,
 ) -> anyhow::Result<Answer> {
+    if let Some(sni) = &request.sni {
+        return crate::protocols::https_request(target, request, sni).await;
+    }
     match request.kind {
         RequestKind::Http => {}
         RequestKind::Grpc => return crate::protocols::grpc_call(kind, target, request).await,
@@ -484,6 +488,18 @@ fn check_answer(expect: &Expect, answer: &Answer) -> anyhow::Result<()> {
             answer.backend(),
             show()
         );
+    }
+    if let Some(sni) = &expect.backend_sni {
+        let got = answer
+            .json
+            .as_ref()
+            .and_then(|j| j["sni"].as_str().map(str::to_owned));
+        if got.as_deref() != Some(sni.as_str()) {
+            bail!(
+                "expected the backend to see SNI {sni}, got {got:?} ({})",
+                show()
+            );
+        }
     }
     for (name, value) in &expect.headers {
         let got = answer

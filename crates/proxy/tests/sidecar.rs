@@ -694,18 +694,18 @@ async fn capture_config_nacks() {
         .filter_chain_match
         .as_mut()
         .unwrap()
-        .transport_protocol = "tls".into();
+        .transport_protocol = "quic".into();
     let err = proxy
         .apply(type_url::LISTENER, "1", packed(&[tls]))
         .unwrap_err();
     assert_eq!(
         err,
-        "listener virtualInbound: filter_chains[0].filter_chain_match.transport_protocol \"tls\" (only \"raw_buffer\": there is no TLS inspector) is not supported"
+        "listener virtualInbound: filter_chains[0].filter_chain_match.transport_protocol \"quic\" (only \"raw_buffer\" and \"tls\") is not supported"
     );
     let mut sni = virtual_outbound(addr, true);
     sni.filter_chains[1].filter_chain_match =
         Some(pb::envoy::config::listener::v3::FilterChainMatch {
-            server_names: vec!["example.com".into()],
+            server_names: vec!["a.*.example.com".into()],
             ..Default::default()
         });
     let err = proxy
@@ -713,7 +713,7 @@ async fn capture_config_nacks() {
         .unwrap_err();
     assert_eq!(
         err,
-        "listener virtualOutbound: filter_chains[1].filter_chain_match.server_names is not supported"
+        "listener virtualOutbound: filter_chains[1].filter_chain_match.server_names[0]: only a leading \"*.\" wildcard is allowed"
     );
     let mut rr = passthrough_cluster();
     rr.lb_policy = 0;

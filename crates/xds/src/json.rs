@@ -166,6 +166,15 @@ pub fn any(a: &Any) -> Option<Value> {
         "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" => Obj::default()
             .check(&HttpInspector::decode(bytes).ok()?, |_| {})
             .done(),
+        "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" => Obj::default()
+            .check(
+                &pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::decode(
+                    bytes,
+                )
+                .ok()?,
+                |_| {},
+            )
+            .done(),
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => {
             upstream_http_protocol_options(&HttpProtocolOptions::decode(bytes).ok()?)
         }

@@ -12,6 +12,7 @@ use mizzen_xds::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use mizzen_xds::pb::envoy::extensions::filters::http::router::v3::Router;
 use mizzen_xds::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use mizzen_xds::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use mizzen_xds::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use mizzen_xds::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager,
     http_connection_manager::CodecType, http_connection_manager::RouteSpecifier, http_filter,
@@ -174,13 +175,17 @@ fn explicit_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
             if !taken.insert(port.port) {
                 continue;
             }
-            out.push(listener(
-                format!("{}_{}", proxy.ip, port.port),
-                proxy.ip,
-                port.port,
-                TrafficDirection::Outbound,
-                service_tcp_proxy(model, service, port.port, proxy),
-            ));
+            let name = format!("{}_{}", proxy.ip, port.port);
+            let (chains, tls) = service_l4_chains(model, service, port, proxy, &name, "");
+            let listener = Listener {
+                name: name.clone(),
+                address: Some(socket_address(proxy.ip, port.port)),
+                filter_chains: chains,
+                listener_filters: tls_inspector_filters(tls),
+                traffic_direction: TrafficDirection::Outbound as i32,
+                ..Default::default()
+            };
+            out.push(resource(name, &listener));
         }
     }
     out.push(listener(
@@ -201,6 +206,7 @@ fn explicit_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
 /// Istio's inbound capture port.
 pub const INBOUND_PORT: u16 = 15006;
 const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
+const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 const ORIGINAL_DST: &str = "envoy.filters.listener.original_dst";
 const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 /// How long protocol sniffing waits for the client to speak before treating
@@ -252,12 +258,22 @@ fn service_tcp_proxy(
     let Some((vs, route)) = route else {
         return tcp_proxy(&cluster, &cluster);
     };
-    let mut clusters: Vec<(String, u32)> = route
-        .route
+    destinations_proxy(model, &vs.namespace, &route.route, port, cluster)
+}
+
+/// A TCP proxy to a route's (weighted) destinations; `cluster` (the
+/// service's own) names the stats and is the target when there are none.
+fn destinations_proxy(
+    model: &Model,
+    namespace: &str,
+    destinations: &[mizzen_api::networking::RouteDestination],
+    port: u16,
+    cluster: String,
+) -> Filter {
+    let mut clusters: Vec<(String, u32)> = destinations
         .iter()
         .map(|destination| {
-            let (host, dest_port) =
-                model.destination(&destination.destination, &vs.namespace, port);
+            let (host, dest_port) = model.destination(&destination.destination, namespace, port);
             let subset = destination
                 .destination
                 .subset
@@ -304,6 +320,92 @@ fn service_tcp_proxy(
     }
 }
 
+/// The filter chains of a TLS, HTTPS or TCP service port, as Istio builds
+/// them: one chain per VirtualService `tls` match that fits the port and the
+/// client (its `sniHosts` as `server_names`) to the route's destinations,
+/// then the chain of the service itself (or of its `tcp` routes). The flag
+/// says whether the chains need the TLS inspector.
+fn service_l4_chains(
+    model: &Model,
+    service: &crate::model::Service,
+    port: &crate::model::ServicePort,
+    proxy: &ProxyNode,
+    name: &str,
+    default_name: &str,
+) -> (Vec<FilterChain>, bool) {
+    let cluster = outbound_cluster_name(port.port, "", &service.hostname);
+    let mut chains = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut catch_all = false;
+    if let Some(vs) = model.virtual_service_for(&service.hostname, &proxy.namespace, "mesh") {
+        for (i, route) in vs.spec.tls.iter().enumerate() {
+            for (j, m) in route.r#match.iter().enumerate() {
+                let fits = m.port.is_none_or(|p| p == u32::from(port.port))
+                    && crate::model::labels_match(&m.source_labels, &proxy.labels)
+                    && m.source_namespace
+                        .as_ref()
+                        .is_none_or(|ns| *ns == proxy.namespace)
+                    && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"));
+                if !fits || catch_all {
+                    continue;
+                }
+                // A name an earlier match took stays with it (Envoy refuses
+                // two chains with the same rules); `*` matches every name.
+                let names: Vec<String> =
+                    m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+                let server_names: Vec<String> = if names.iter().any(|h| h == "*") {
+                    catch_all = true;
+                    Vec::new()
+                } else {
+                    let fresh: Vec<String> = names
+                        .into_iter()
+                        .filter(|h| seen.insert(h.clone()))
+                        .collect();
+                    if fresh.is_empty() {
+                        continue;
+                    }
+                    fresh
+                };
+                chains.push(chain(
+                    format!("{name}-tls-{i}-{j}"),
+                    (!server_names.is_empty()).then(|| FilterChainMatch {
+                        server_names,
+                        ..Default::default()
+                    }),
+                    destinations_proxy(
+                        model,
+                        &vs.namespace,
+                        &route.route,
+                        port.port,
+                        cluster.clone(),
+                    ),
+                ));
+            }
+        }
+    }
+    let tls = !chains.is_empty() || matches!(port.protocol, Protocol::Tls | Protocol::Https);
+    if !catch_all {
+        chains.push(chain(
+            default_name.to_string(),
+            None,
+            service_tcp_proxy(model, service, port.port, proxy),
+        ));
+    }
+    (chains, tls)
+}
+
+/// The TLS inspector, when the chains look at server names.
+fn tls_inspector_filters(tls: bool) -> Vec<ListenerFilter> {
+    if tls {
+        vec![listener_filter(
+            TLS_INSPECTOR,
+            mizzen_xds::pack(&TlsInspector::default()),
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
 fn listener_filter(name: &str, config: mizzen_xds::pb::google::protobuf::Any) -> ListenerFilter {
     ListenerFilter {
         name: name.to_string(),
@@ -336,6 +438,7 @@ fn virtual_listener(
     port: u16,
     chains: Vec<FilterChain>,
     sniff: bool,
+    tls: bool,
 ) -> Resource {
     let listener = Listener {
         name: name.clone(),
@@ -349,7 +452,7 @@ fn virtual_listener(
                 mizzen_xds::pack(&HttpInspector::default()),
             )]
         } else {
-            Vec::new()
+            tls_inspector_filters(tls)
         },
         listener_filters_timeout: sniff.then(|| super::duration(SNIFF_TIMEOUT)),
         continue_on_listener_filters_timeout: sniff,
@@ -427,15 +530,12 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
                             tcp_proxy(&stat_prefix, &cluster),
                         ),
                     ];
-                    out.push(virtual_listener(name, vip, port.port, chains, true));
+                    out.push(virtual_listener(name, vip, port.port, chains, true, false));
                 }
                 _ => {
-                    let chains = vec![chain(
-                        name.clone(),
-                        None,
-                        service_tcp_proxy(model, service, port.port, proxy),
-                    )];
-                    out.push(virtual_listener(name, vip, port.port, chains, false));
+                    let (chains, tls) =
+                        service_l4_chains(model, service, port, proxy, &name, &name);
+                    out.push(virtual_listener(name, vip, port.port, chains, false, tls));
                 }
             }
         }
@@ -452,7 +552,7 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
                 HcmFilters::of(model),
             ),
         )];
-        out.push(virtual_listener(name, any, port, chains, false));
+        out.push(virtual_listener(name, any, port, chains, false, false));
     }
 
     let mut chains = Vec::new();
@@ -525,4 +625,145 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
     };
     out.push(resource("virtualInbound", &inbound));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigStore;
+    use crate::node::ProxyKind;
+    use mizzen_xds::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+    use prost::Message;
+
+    const CONFIG: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: secure, namespace: default}
+spec:
+  selector: {app: secure}
+  clusterIP: 10.96.0.20
+  ports:
+  - {name: tls, port: 8443, targetPort: 8443}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: secure, namespace: default}
+spec:
+  hosts: [secure, "*.example.com"]
+  tls:
+  - match: [{port: 8443, sniHosts: [one.example.com, "*.two.example.com"]}]
+    route:
+    - {destination: {host: secure, subset: v1}, weight: 90}
+    - {destination: {host: secure, subset: v2}, weight: 10}
+  - match: [{port: 8443, sniHosts: [one.example.com, three.example.com]}]
+    route:
+    - {destination: {host: secure, subset: v2}}
+  - match: [{port: 9999, sniHosts: [four.example.com]}]
+    route:
+    - {destination: {host: secure, subset: v2}}
+"#;
+
+    fn model() -> Model {
+        let dir = std::env::temp_dir().join(format!("mizzen-tls-listener-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.yaml"), CONFIG).unwrap();
+        let mut store = ConfigStore::new(&dir);
+        store.rescan();
+        let snapshot = store.snapshot();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(snapshot.problems.is_empty(), "{:?}", snapshot.problems);
+        Model::build(&snapshot, "cluster.local")
+    }
+
+    fn node(interception: InterceptionMode) -> ProxyNode {
+        ProxyNode {
+            id: "sidecar~127.10.0.9~client.default~default.svc.cluster.local".into(),
+            kind: ProxyKind::Sidecar,
+            ip: "127.10.0.9".parse().unwrap(),
+            name: "client".into(),
+            namespace: "default".into(),
+            labels: [("app".to_string(), "client".to_string())].into(),
+            service_account: "default".into(),
+            interception,
+            app_host: "127.0.0.1".parse().unwrap(),
+        }
+    }
+
+    /// (server names, cluster or weighted clusters) per chain.
+    fn chains(l: &Listener) -> Vec<(Vec<String>, String)> {
+        l.filter_chains
+            .iter()
+            .map(|c| {
+                let names = c
+                    .filter_chain_match
+                    .as_ref()
+                    .map(|m| m.server_names.clone())
+                    .unwrap_or_default();
+                let Some(filter::ConfigType::TypedConfig(any)) = &c.filters[0].config_type else {
+                    panic!("no typed config")
+                };
+                let proxy = TcpProxy::decode(any.value.as_slice()).unwrap();
+                let target = match proxy.cluster_specifier.unwrap() {
+                    tcp_proxy::ClusterSpecifier::Cluster(c) => c,
+                    tcp_proxy::ClusterSpecifier::WeightedClusters(w) => w
+                        .clusters
+                        .iter()
+                        .map(|c| format!("{}={}", c.name, c.weight))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                };
+                (names, target)
+            })
+            .collect()
+    }
+
+    fn find(resources: &[Resource], name: &str) -> Listener {
+        let r = resources
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no listener {name}"));
+        Listener::decode(r.body.value.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn tls_routes_become_server_name_chains() {
+        let model = model();
+        let svc = "secure.default.svc.cluster.local";
+        let want = vec![
+            (
+                vec![
+                    "one.example.com".to_string(),
+                    "*.two.example.com".to_string(),
+                ],
+                format!("outbound|8443|v1|{svc}=90,outbound|8443|v2|{svc}=10"),
+            ),
+            // `one.example.com` stays with the first match.
+            (
+                vec!["three.example.com".to_string()],
+                format!("outbound|8443|v2|{svc}"),
+            ),
+            (Vec::new(), format!("outbound|8443||{svc}")),
+        ];
+        let explicit = sidecar_listeners(&model, &node(InterceptionMode::None));
+        let l = find(&explicit, "127.10.0.9_8443");
+        assert_eq!(chains(&l), want);
+        assert_eq!(l.listener_filters.len(), 1);
+        assert_eq!(l.listener_filters[0].name, TLS_INSPECTOR);
+
+        let captured = sidecar_listeners(&model, &node(InterceptionMode::Redirect));
+        let l = find(&captured, "10.96.0.20_8443");
+        assert_eq!(chains(&l), want);
+        assert_eq!(l.listener_filters[0].name, TLS_INSPECTOR);
+        assert_eq!(l.bind_to_port, Some(BoolValue { value: false }));
+
+        // The config_dump shows every field emitted.
+        let dump = super::super::dump(&model, &node(InterceptionMode::None)).to_string();
+        assert!(
+            dump.contains("\"server_names\":[\"three.example.com\"]"),
+            "{dump}"
+        );
+        assert!(dump.contains("tls_inspector.v3.TlsInspector"), "{dump}");
+        assert!(!dump.contains("unrendered"), "{dump}");
+    }
 }

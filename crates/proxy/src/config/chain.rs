@@ -10,8 +10,8 @@
 //! a connection to port 80 never reaches a chain without a port, even if none
 //! of the port-80 chains match the later criteria. This module implements
 //! that order for the criteria the proxy supports (destination port,
-//! destination prefix ranges, `raw_buffer` transport, application protocols)
-//! and refuses the others.
+//! destination prefix ranges, server names, `raw_buffer` or `tls` transport,
+//! application protocols) and refuses the others.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -23,9 +23,34 @@ use pb::envoy::config::listener::v3::FilterChainMatch;
 use super::check::reject_unknown;
 use super::{ConfigError, Scope, fields, join};
 
-/// The transport protocol of every connection the proxy accepts: there is no
-/// TLS inspector, so nothing is ever detected as `tls`.
+/// The transport protocol of a connection the TLS inspector did not
+/// recognise as TLS (or that no TLS inspector looked at).
 pub const RAW_BUFFER: &str = "raw_buffer";
+/// The transport protocol of a connection that opened with a ClientHello.
+pub const TLS: &str = "tls";
+
+/// A chain's `transport_protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Unset: any transport.
+    #[default]
+    Any,
+    RawBuffer,
+    Tls,
+}
+
+/// What the listener filters learnt about a connection, for the choice of
+/// its filter chain.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Detected<'a> {
+    /// The TLS inspector saw a ClientHello.
+    pub tls: bool,
+    /// Its server name (lowercase).
+    pub server_name: Option<&'a str>,
+    /// ALPN offered in the ClientHello, or the protocol the HTTP inspector
+    /// found, in order of preference.
+    pub application_protocols: &'a [&'a str],
+}
 
 /// An IP prefix, stored with its host bits cleared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,8 +138,9 @@ fn mask(ip: IpAddr, len: u8) -> IpAddr {
 pub struct ChainMatch {
     pub destination_port: Option<u16>,
     pub prefix_ranges: Vec<Cidr>,
-    /// `transport_protocol: raw_buffer`.
-    pub raw_buffer: bool,
+    /// Exact names and `*.suffix` wildcards, lowercase.
+    pub server_names: Vec<String>,
+    pub transport: Transport,
     pub application_protocols: Vec<String>,
 }
 
@@ -132,6 +158,32 @@ impl ChainMatch {
             .map(Cidr::len)
             .max()
     }
+
+    /// How specifically the chain names `sni`: `None` when it lists server
+    /// names and none matches; `Some(0)` when it lists none; otherwise the
+    /// exact name ranks above every wildcard and a longer wildcard suffix
+    /// above a shorter one (Envoy tries `www.example.com`, then
+    /// `*.example.com`, then `*.com`).
+    fn server_name_score(&self, sni: Option<&str>) -> Option<usize> {
+        if self.server_names.is_empty() {
+            return Some(0);
+        }
+        let sni = sni?;
+        self.server_names
+            .iter()
+            .filter_map(|name| {
+                if name == sni {
+                    Some(usize::MAX)
+                } else if let Some(suffix) = name.strip_prefix('*') {
+                    // `*.example.com` matches any name ending in `.example.com`
+                    // with at least one more character before it.
+                    (sni.len() > suffix.len() && sni.ends_with(suffix)).then_some(suffix.len())
+                } else {
+                    None
+                }
+            })
+            .max()
+    }
 }
 
 /// Compiles a `filter_chain_match`.
@@ -143,6 +195,7 @@ pub(crate) fn compile_match(
     reject_unknown(scope, path, m, fields::FILTER_CHAIN_MATCH, |m| {
         m.destination_port = None;
         m.prefix_ranges.clear();
+        m.server_names.clear();
         m.transport_protocol.clear();
         m.application_protocols.clear();
     })?;
@@ -161,16 +214,30 @@ pub(crate) fn compile_match(
     for (i, r) in m.prefix_ranges.iter().enumerate() {
         prefix_ranges.push(cidr(scope, &join(path, &format!("prefix_ranges[{i}]")), r)?);
     }
-    let raw_buffer = match m.transport_protocol.as_str() {
-        "" => false,
-        RAW_BUFFER => true,
+    let transport = match m.transport_protocol.as_str() {
+        "" => Transport::Any,
+        RAW_BUFFER => Transport::RawBuffer,
+        TLS => Transport::Tls,
         other => {
             return Err(scope.unsupported(format!(
-                "{} {other:?} (only \"{RAW_BUFFER}\": there is no TLS inspector)",
+                "{} {other:?} (only \"{RAW_BUFFER}\" and \"{TLS}\")",
                 join(path, "transport_protocol")
             )));
         }
     };
+    let mut server_names = Vec::with_capacity(m.server_names.len());
+    for (i, name) in m.server_names.iter().enumerate() {
+        let bad = |why: &str| scope.invalid(join(path, &format!("server_names[{i}]")), why);
+        if name.is_empty() {
+            return Err(bad("must not be empty"));
+        }
+        let rest = name.strip_prefix("*.").unwrap_or(name);
+        if rest.is_empty() || rest.contains('*') || name.starts_with('*') && !name.starts_with("*.")
+        {
+            return Err(bad("only a leading \"*.\" wildcard is allowed"));
+        }
+        server_names.push(name.to_ascii_lowercase());
+    }
     for (i, p) in m.application_protocols.iter().enumerate() {
         if p.is_empty() {
             return Err(scope.invalid(
@@ -182,7 +249,8 @@ pub(crate) fn compile_match(
     Ok(ChainMatch {
         destination_port,
         prefix_ranges,
-        raw_buffer,
+        server_names,
+        transport,
         application_protocols: m.application_protocols.clone(),
     })
 }
@@ -286,10 +354,35 @@ impl ChainSelector {
             .any(|m| !m.application_protocols.is_empty())
     }
 
-    /// The chain for a connection to `dst` whose application protocol, if
-    /// detected, is `app` (`http/1.1`, `http/1.0` or `h2c`). `None`: no
-    /// chain matches (the default chain, if any, takes the connection).
+    /// Whether any chain looks at the server name or asks for TLS, i.e.
+    /// whether the TLS inspector can change the choice.
+    pub fn uses_tls(&self) -> bool {
+        self.matches
+            .iter()
+            .any(|m| !m.server_names.is_empty() || m.transport == Transport::Tls)
+    }
+
+    /// The chain for a plain-text connection to `dst` whose application
+    /// protocol, if detected, is `app` (`http/1.1`, `http/1.0` or `h2c`).
+    /// `None`: no chain matches (the default chain, if any, takes the
+    /// connection).
     pub fn select(&self, dst: SocketAddr, app: Option<&str>) -> Option<usize> {
+        let apps: &[&str] = match &app {
+            Some(a) => std::slice::from_ref(a),
+            None => &[],
+        };
+        self.select_detected(
+            dst,
+            &Detected {
+                application_protocols: apps,
+                ..Detected::default()
+            },
+        )
+    }
+
+    /// The chain for a connection to `dst` with what the listener filters
+    /// detected.
+    pub fn select_detected(&self, dst: SocketAddr, detected: &Detected<'_>) -> Option<usize> {
         if self.only.is_some() {
             return self.only;
         }
@@ -308,24 +401,48 @@ impl ChainSelector {
             .filter_map(|&i| self.matches[i].ip_score(ip))
             .max()?;
         let at_ip = |i: &&usize| self.matches[**i].ip_score(ip) == Some(best);
-        // 3. Transport protocol: always raw_buffer here; chains that say so
-        //    win over chains that leave it unset.
-        let raw = candidates
+        // 3. Server name: the exact name, else the longest wildcard suffix,
+        //    else the chains without server names.
+        let sni = detected.server_name;
+        let best_name = candidates
             .iter()
             .filter(at_ip)
-            .any(|&i| self.matches[i].raw_buffer);
-        let at_transport = |i: &&usize| at_ip(i) && self.matches[**i].raw_buffer == raw;
-        // 4. Application protocol: chains listing the detected protocol, else
-        //    chains listing none.
-        let listed = |i: usize| {
-            app.is_some_and(|a| self.matches[i].application_protocols.iter().any(|p| p == a))
+            .filter_map(|&i| self.matches[i].server_name_score(sni))
+            .max()?;
+        let at_name =
+            |i: &&usize| at_ip(i) && self.matches[**i].server_name_score(sni) == Some(best_name);
+        // 4. Transport protocol: chains naming the detected one win over
+        //    chains that leave it unset.
+        let detected_transport = if detected.tls {
+            Transport::Tls
+        } else {
+            Transport::RawBuffer
         };
-        let by_app = candidates.iter().filter(at_transport).any(|&i| listed(i));
+        let named = candidates
+            .iter()
+            .filter(at_name)
+            .any(|&i| self.matches[i].transport == detected_transport);
+        let want_transport = if named {
+            detected_transport
+        } else {
+            Transport::Any
+        };
+        let at_transport = |i: &&usize| at_name(i) && self.matches[**i].transport == want_transport;
+        // 5. Application protocol: the first detected protocol some chain
+        //    lists, else chains listing none.
+        let chosen = detected.application_protocols.iter().find(|a| {
+            candidates.iter().filter(at_transport).any(|&i| {
+                self.matches[i]
+                    .application_protocols
+                    .iter()
+                    .any(|p| p == *a)
+            })
+        });
         candidates.iter().filter(at_transport).copied().find(|&i| {
-            if by_app {
-                listed(i)
-            } else {
-                self.matches[i].application_protocols.is_empty()
+            let listed = &self.matches[i].application_protocols;
+            match chosen {
+                Some(a) => listed.iter().any(|p| p == a),
+                None => listed.is_empty(),
             }
         })
     }
@@ -336,7 +453,8 @@ impl ChainSelector {
 struct MatchKey {
     port: Option<u16>,
     prefix: Option<Cidr>,
-    raw_buffer: bool,
+    server_name: Option<String>,
+    transport: Transport,
     app: Option<String>,
 }
 
@@ -353,15 +471,24 @@ fn expand(m: &ChainMatch) -> Vec<MatchKey> {
         let unique: HashSet<&String> = m.application_protocols.iter().collect();
         unique.into_iter().map(|a| Some(a.clone())).collect()
     };
-    let mut out = Vec::with_capacity(prefixes.len() * apps.len());
+    let names: Vec<Option<String>> = if m.server_names.is_empty() {
+        vec![None]
+    } else {
+        let unique: HashSet<&String> = m.server_names.iter().collect();
+        unique.into_iter().map(|a| Some(a.clone())).collect()
+    };
+    let mut out = Vec::with_capacity(prefixes.len() * apps.len() * names.len());
     for prefix in &prefixes {
-        for app in &apps {
-            out.push(MatchKey {
-                port: m.destination_port,
-                prefix: *prefix,
-                raw_buffer: m.raw_buffer,
-                app: app.clone(),
-            });
+        for name in &names {
+            for app in &apps {
+                out.push(MatchKey {
+                    port: m.destination_port,
+                    prefix: *prefix,
+                    server_name: name.clone(),
+                    transport: m.transport,
+                    app: app.clone(),
+                });
+            }
         }
     }
     out
@@ -381,7 +508,12 @@ mod tests {
         ChainMatch {
             destination_port: port,
             prefix_ranges: ranges.iter().map(|r| cidr(r)).collect(),
-            raw_buffer: raw,
+            server_names: Vec::new(),
+            transport: if raw {
+                Transport::RawBuffer
+            } else {
+                Transport::Any
+            },
             application_protocols: apps.iter().map(|a| a.to_string()).collect(),
         }
     }
@@ -445,6 +577,65 @@ mod tests {
             let got = s.select(dst.parse().unwrap(), *app);
             assert_eq!(got, *want, "dst {dst} app {app:?}");
         }
+    }
+
+    fn named(port: Option<u16>, names: &[&str], transport: Transport, apps: &[&str]) -> ChainMatch {
+        ChainMatch {
+            destination_port: port,
+            server_names: names.iter().map(|n| n.to_string()).collect(),
+            transport,
+            application_protocols: apps.iter().map(|a| a.to_string()).collect(),
+            ..ChainMatch::default()
+        }
+    }
+
+    /// Server names come after the destination and before the transport
+    /// protocol; exact names beat wildcards, longer suffixes beat shorter.
+    #[test]
+    fn server_name_order_table() {
+        use Transport::{Any, RawBuffer, Tls};
+        let s = selector(vec![
+            /* 0 */ named(Some(443), &["api.example.com"], Any, &[]),
+            /* 1 */ named(Some(443), &["*.example.com"], Any, &[]),
+            /* 2 */ named(Some(443), &["*.com"], Any, &[]),
+            /* 3 */ named(Some(443), &[], Tls, &[]),
+            /* 4 */ named(Some(443), &[], Any, &[]),
+            /* 5 */ named(Some(443), &["h2.example.com"], Tls, &["h2"]),
+            /* 6 */ named(Some(443), &["h2.example.com"], Tls, &[]),
+            /* 7 */ named(Some(443), &["raw.example.com"], RawBuffer, &[]),
+            /* 8 */ named(Some(8443), &["only.example.com"], Any, &[]),
+        ]);
+        let tls = |sni: Option<&'static str>, apps: &'static [&'static str]| Detected {
+            tls: true,
+            server_name: sni,
+            application_protocols: apps,
+        };
+        let cases: &[(&str, Detected<'_>, Option<usize>)] = &[
+            ("1.2.3.4:443", tls(Some("api.example.com"), &[]), Some(0)),
+            ("1.2.3.4:443", tls(Some("www.example.com"), &[]), Some(1)),
+            ("1.2.3.4:443", tls(Some("a.b.example.com"), &[]), Some(1)),
+            ("1.2.3.4:443", tls(Some("other.com"), &[]), Some(2)),
+            // `*.example.com` does not match `example.com` itself.
+            ("1.2.3.4:443", tls(Some("example.com"), &[]), Some(2)),
+            ("1.2.3.4:443", tls(Some("example.org"), &[]), Some(3)),
+            ("1.2.3.4:443", tls(None, &[]), Some(3)),
+            ("1.2.3.4:443", Detected::default(), Some(4)),
+            ("1.2.3.4:443", tls(Some("h2.example.com"), &["h2"]), Some(5)),
+            (
+                "1.2.3.4:443",
+                tls(Some("h2.example.com"), &["http/1.1"]),
+                Some(6),
+            ),
+            // The name matched: no fallback to the chains without names, even
+            // though the transport does not fit.
+            ("1.2.3.4:443", tls(Some("raw.example.com"), &[]), None),
+            ("1.2.3.4:8443", tls(Some("x.example.com"), &[]), None),
+        ];
+        for (dst, detected, want) in cases {
+            let got = s.select_detected(dst.parse().unwrap(), detected);
+            assert_eq!(got, *want, "dst {dst} detected {detected:?}");
+        }
+        assert!(s.uses_tls());
     }
 
     #[test]
@@ -522,22 +713,22 @@ mod tests {
         let c = compile_match(&scope, "filter_chains[0].filter_chain_match", &ok).unwrap();
         assert_eq!(c.destination_port, Some(8080));
         assert_eq!(c.prefix_ranges, vec![super::tests::cidr("10.0.0.0/8")]);
-        assert!(c.raw_buffer);
+        assert_eq!(c.transport, Transport::RawBuffer);
         let path = "filter_chains[0].filter_chain_match";
         let cases: Vec<(FilterChainMatch, &str)> = vec![
             (
                 FilterChainMatch {
-                    server_names: vec!["a.example".into()],
+                    server_names: vec!["a.*.example".into()],
                     ..Default::default()
                 },
-                "listener l: filter_chains[0].filter_chain_match.server_names is not supported",
+                "listener l: filter_chains[0].filter_chain_match.server_names[0]: only a leading \"*.\" wildcard is allowed",
             ),
             (
                 FilterChainMatch {
-                    transport_protocol: "tls".into(),
+                    transport_protocol: "quic".into(),
                     ..Default::default()
                 },
-                "listener l: filter_chains[0].filter_chain_match.transport_protocol \"tls\" (only \"raw_buffer\": there is no TLS inspector) is not supported",
+                "listener l: filter_chains[0].filter_chain_match.transport_protocol \"quic\" (only \"raw_buffer\" and \"tls\") is not supported",
             ),
             (
                 FilterChainMatch {

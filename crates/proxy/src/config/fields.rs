@@ -546,6 +546,11 @@ pub(super) const LISTENER_FILTER: &[(u32, &str)] = &[
     (4, "filter_disabled"),
     (5, "config_discovery"),
 ];
+pub(super) const TLS_INSPECTOR: &[(u32, &str)] = &[
+    (1, "enable_ja3_fingerprinting"),
+    (2, "initial_read_buffer_size"),
+    (3, "enable_ja4_fingerprinting"),
+];
 pub(super) const TCP_PROXY: &[(u32, &str)] = &[
     (1, "stat_prefix"),
     (2, "cluster"),

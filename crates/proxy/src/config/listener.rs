@@ -12,6 +12,7 @@ use pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use pb::envoy::extensions::filters::http::router::v3::Router;
 use pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
 };
@@ -31,12 +32,14 @@ pub const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection
 pub const ROUTER: &str = "envoy.filters.http.router";
 pub const ORIGINAL_DST: &str = "envoy.filters.listener.original_dst";
 pub const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
+pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 const HCM_TYPE: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
 const ORIGINAL_DST_TYPE: &str = "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
 const HTTP_INSPECTOR_TYPE: &str =
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
+const TLS_INSPECTOR_TYPE: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
 
 /// Envoy's `listener_filters_timeout` when unset.
 pub const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
@@ -64,10 +67,13 @@ pub struct ListenerConfig {
 }
 
 /// The listener filters, which run in this order: `original_dst` (restore
-/// the destination), then `http_inspector` (peek at the first bytes).
+/// the destination), then `tls_inspector` (peek for a ClientHello), then
+/// `http_inspector` (peek at the first bytes of a connection that is not
+/// TLS).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListenerFilters {
     pub original_dst: bool,
+    pub tls_inspector: bool,
     pub http_inspector: bool,
     /// `listener_filters_timeout`; `None` waits as long as it takes.
     pub timeout: Option<Duration>,
@@ -276,6 +282,7 @@ fn compile_listener_filters(scope: &Scope, l: &Listener) -> Result<ListenerFilte
             None => match f.name.as_str() {
                 ORIGINAL_DST => ORIGINAL_DST_TYPE,
                 HTTP_INSPECTOR => HTTP_INSPECTOR_TYPE,
+                TLS_INSPECTOR => TLS_INSPECTOR_TYPE,
                 _ => "",
             },
         };
@@ -294,6 +301,13 @@ fn compile_listener_filters(scope: &Scope, l: &Listener) -> Result<ListenerFilte
                     reject_unknown(scope, &tpath, &m, &[], |_| {})?;
                 }
                 out.http_inspector = true;
+            }
+            (TLS_INSPECTOR_TYPE, config) => {
+                if let Some(listener_filter::ConfigType::TypedConfig(any)) = config {
+                    let m: TlsInspector = unpack(scope, &tpath, any)?;
+                    reject_unknown(scope, &tpath, &m, fields::TLS_INSPECTOR, |_| {})?;
+                }
+                out.tls_inspector = true;
             }
             _ => {
                 let label = if f.name.is_empty() {
@@ -787,6 +801,7 @@ pub(crate) mod tests {
             l.listener_filters,
             ListenerFilters {
                 original_dst: false,
+                tls_inspector: false,
                 http_inspector: true,
                 timeout: Some(Duration::from_millis(100)),
                 continue_on_timeout: true,
@@ -849,6 +864,62 @@ pub(crate) mod tests {
         );
     }
 
+    /// Istio's TLS service listener: SNI chains, then the service itself.
+    #[test]
+    fn compiles_tls_inspector_and_server_names() {
+        let l = Listener {
+            name: "10.96.0.20_443".into(),
+            address: Some(super::super::endpoint::tests::address("10.96.0.20", 443)),
+            listener_filters: vec![listener_filter(
+                TLS_INSPECTOR,
+                Some(mizzen_xds::pack(&TlsInspector::default())),
+            )],
+            filter_chains: vec![
+                chain(
+                    Some(FilterChainMatch {
+                        server_names: vec!["One.Example.com".into(), "*.two.example.com".into()],
+                        ..Default::default()
+                    }),
+                    tcp_filter("outbound|443|v1|svc"),
+                ),
+                chain(
+                    Some(FilterChainMatch {
+                        transport_protocol: "tls".into(),
+                        ..Default::default()
+                    }),
+                    tcp_filter("outbound|443|v2|svc"),
+                ),
+                chain(None, tcp_filter("outbound|443||svc")),
+            ],
+            ..Default::default()
+        };
+        let l = ListenerConfig::compile(&l).unwrap();
+        assert!(l.listener_filters.tls_inspector && !l.listener_filters.http_inspector);
+        assert!(l.selector.uses_tls());
+        let dst = "10.96.0.20:443".parse().unwrap();
+        let tls = |sni: Option<&'static str>| super::super::chain::Detected {
+            tls: true,
+            server_name: sni,
+            application_protocols: &[],
+        };
+        assert_eq!(
+            l.selector
+                .select_detected(dst, &tls(Some("one.example.com"))),
+            Some(0)
+        );
+        assert_eq!(
+            l.selector
+                .select_detected(dst, &tls(Some("a.two.example.com"))),
+            Some(0)
+        );
+        assert_eq!(
+            l.selector.select_detected(dst, &tls(Some("x.example.com"))),
+            Some(1)
+        );
+        assert_eq!(l.selector.select_detected(dst, &tls(None)), Some(1));
+        assert_eq!(l.selector.select(dst, None), Some(2));
+    }
+
     #[test]
     fn refusals() {
         let unknown_network = Filter {
@@ -878,8 +949,11 @@ pub(crate) mod tests {
             });
         let mut tls_inspector = listener("l", "0.0.0.0", 8443, &rds_hcm("r"));
         tls_inspector.listener_filters = vec![listener_filter(
-            "envoy.filters.listener.tls_inspector",
-            None,
+            TLS_INSPECTOR,
+            Some(mizzen_xds::pack(&TlsInspector {
+                enable_ja3_fingerprinting: Some(pb::google::protobuf::BoolValue { value: true }),
+                ..Default::default()
+            })),
         )];
         let mut disabled_filter = listener("l", "0.0.0.0", 80, &rds_hcm("r"));
         disabled_filter.listener_filters = vec![ListenerFilter {
@@ -929,7 +1003,7 @@ pub(crate) mod tests {
             ),
             (
                 tls_inspector,
-                "listener l: listener_filters[0] (listener filter envoy.filters.listener.tls_inspector) is not supported",
+                "listener l: listener_filters[0].typed_config.enable_ja3_fingerprinting is not supported",
             ),
             (
                 disabled_filter,

@@ -5,11 +5,13 @@
 //! 2. a `use_original_dst` listener hands the connection off to the
 //!    `bind_to_port: false` listener at that destination, if there is one
 //!    ([`handoff`]);
-//! 3. the serving listener's `http_inspector` peeks at the first bytes
-//!    ([`inspect`]), bounded by `listener_filters_timeout`;
-//! 4. a filter chain is chosen (destination port, IP, transport, application
-//!    protocol; then the default chain) and its terminal filter runs: the
-//!    HTTP connection manager or the TCP proxy.
+//! 3. the serving listener's `tls_inspector` peeks for a ClientHello (SNI,
+//!    ALPN; [`tls_inspect`]), then its `http_inspector` peeks at the first
+//!    bytes of a connection that is not TLS ([`inspect`]), both bounded by
+//!    one `listener_filters_timeout`;
+//! 4. a filter chain is chosen (destination port, IP, server name,
+//!    transport, application protocol; then the default chain) and its
+//!    terminal filter runs: the HTTP connection manager or the TCP proxy.
 //!
 //! Listeners that bind own an accept loop; the others only exist to receive
 //! handed-off connections. Both drain the same way when removed.
@@ -17,6 +19,7 @@
 pub mod handoff;
 pub mod inspect;
 mod original_dst;
+pub mod tls_inspect;
 
 use std::io;
 use std::net::SocketAddr;
@@ -30,12 +33,14 @@ use tokio::sync::{mpsc, watch};
 
 pub use original_dst::{OriginalDst, SocketOriginalDst};
 
+use crate::config::chain::Detected;
 use crate::config::{FilterChainConfig, ListenerConfig, NetworkFilter};
 use crate::http::conn::HttpChain;
 use crate::state::DataPlane;
 use crate::stats::ListenerStats;
 use crate::tcp::TcpChain;
 use inspect::Sniffed;
+use tls_inspect::Inspected;
 
 /// A listener's current config with its stats, swapped as one on updates.
 /// Connections keep the chain they were given when accepted.
@@ -78,9 +83,10 @@ impl ActiveListener {
         }
     }
 
-    /// The chain for a connection to `dst` with application protocol `app`.
-    fn select(&self, dst: SocketAddr, app: Option<&str>) -> Option<&ActiveChain> {
-        match self.config.selector.select(dst, app) {
+    /// The chain for a connection to `dst` with what the listener filters
+    /// detected.
+    fn select(&self, dst: SocketAddr, detected: &Detected<'_>) -> Option<&ActiveChain> {
+        match self.config.selector.select_detected(dst, detected) {
             Some(i) => self.chains.get(i),
             None => self.default_chain.as_ref(),
         }
@@ -280,9 +286,37 @@ async fn serve(
     stats.downstream_cx_active.inc();
     let _active_cx = ActiveConnection(&stats);
     let filters = &active.config.listener_filters;
+    // One deadline for all listener filters.
+    let deadline = filters.timeout.map(|t| tokio::time::Instant::now() + t);
+    let left = || deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+    let mut timed_out = false;
+    let mut hello = None;
+    if filters.tls_inspector {
+        match tls_inspect::inspect(&stream, left()).await {
+            Ok(Inspected::Tls(h)) => hello = Some(h),
+            Ok(Inspected::NotTls) => {}
+            Ok(Inspected::Closed) => {
+                stats.downstream_listener_filter_remote_close.inc();
+                tracing::debug!(%peer, listener = %active.config.name, "peer closed during listener filters");
+                return;
+            }
+            Ok(Inspected::TimedOut) => {
+                stats.downstream_pre_cx_timeout.inc();
+                if !filters.continue_on_timeout {
+                    tracing::debug!(%peer, listener = %active.config.name, "listener filters timed out, closing");
+                    return;
+                }
+                timed_out = true;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "inspecting the connection failed");
+                return;
+            }
+        }
+    }
     let mut app = None;
-    if filters.http_inspector {
-        match inspect::sniff(&stream, filters.timeout).await {
+    if filters.http_inspector && hello.is_none() && !timed_out {
+        match inspect::sniff(&stream, left()).await {
             Ok(Sniffed::Protocol(p)) => app = Some(p),
             Ok(Sniffed::Other) => {}
             Ok(Sniffed::Closed) => {
@@ -303,7 +337,26 @@ async fn serve(
             }
         }
     }
-    let Some(chain) = active.select(dst, app) else {
+    let alpn: Vec<&str>;
+    let detected = match &hello {
+        Some(h) => {
+            alpn = h.alpn.iter().map(String::as_str).collect();
+            Detected {
+                tls: true,
+                server_name: h.server_name.as_deref(),
+                application_protocols: &alpn,
+            }
+        }
+        None => Detected {
+            tls: false,
+            server_name: None,
+            application_protocols: match &app {
+                Some(a) => std::slice::from_ref(a),
+                None => &[],
+            },
+        },
+    };
+    let Some(chain) = active.select(dst, &detected) else {
         stats.no_filter_chain_match.inc();
         tracing::debug!(%peer, %dst, listener = %active.config.name, "no matching filter chain, closing");
         return;

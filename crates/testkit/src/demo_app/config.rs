@@ -35,6 +35,9 @@ pub struct AppConfig {
     pub echo_request: bool,
     /// Wait this long before answering (a slow service).
     pub delay: Duration,
+    /// Serve HTTPS (HTTP/1.1 or HTTP/2 by ALPN) with a self-signed
+    /// certificate made at start, instead of plain text.
+    pub tls: bool,
 }
 
 impl Default for AppConfig {
@@ -51,6 +54,7 @@ impl Default for AppConfig {
             upstream_timeout: Duration::from_secs(30),
             echo_request: false,
             delay: Duration::ZERO,
+            tls: false,
         }
     }
 }
@@ -368,6 +372,7 @@ mod tests {
                 upstream_timeout: Duration::from_millis(62_500),
                 echo_request: true,
                 delay: Duration::ZERO,
+                tls: false,
             }
         );
     }

@@ -17,11 +17,14 @@
 //! ```
 //!
 //! The app serves HTTP/1.1 and h2c (HTTP/2 with prior knowledge) on the
-//! same port, as fake-service does.
+//! same port, as fake-service does; with [`AppConfig::tls`] it serves the
+//! same over TLS instead, with a self-signed certificate (`"tls": true` and
+//! the client's server name as `"sni"` in the report).
 
 mod config;
 mod extra;
 mod time;
+mod tls;
 mod upstream;
 
 use std::convert::Infallible;
@@ -149,6 +152,11 @@ async fn serve_until(
 ) -> anyhow::Result<()> {
     let local_addr = listener.local_addr().context("listener has no address")?;
     tracing::info!(%local_addr, ?config, "demo app listening");
+    let acceptor = if config.tls {
+        Some(tls::acceptor(&config.name)?)
+    } else {
+        None
+    };
     let app = Arc::new(App::new(config, served));
     // Connections live in the set so that stopping the app (dropping the
     // set) also closes them; a test's next step must not reach a stopped app.
@@ -175,21 +183,47 @@ async fn serve_until(
             .local_addr()
             .map_or(local_addr.ip(), |addr| addr.ip());
         let app = app.clone();
+        let acceptor = acceptor.clone();
         connections.spawn(async move {
-            let service = service_fn(move |request| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(app.handle(local_ip, request).await) }
-            });
-            let served = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
-            if let Err(err) = served {
-                tracing::debug!(%peer, %err, "demo app connection ended with an error");
+            let Some(acceptor) = acceptor else {
+                return serve_connection(app, local_ip, None, peer, stream).await;
+            };
+            match acceptor.accept(stream).await {
+                Ok(stream) => {
+                    let sni = stream.get_ref().1.server_name().map(str::to_owned);
+                    serve_connection(app, local_ip, Some(sni), peer, stream).await;
+                }
+                Err(err) => tracing::debug!(%peer, %err, "demo app TLS handshake failed"),
             }
         });
     }
     tracing::info!(%local_addr, "demo app stopped");
     Ok(())
+}
+
+/// Serves one connection; `tls` holds the server name the client asked
+/// for when the connection is TLS.
+async fn serve_connection<S>(
+    app: Arc<App>,
+    local_ip: IpAddr,
+    tls: Option<Option<String>>,
+    peer: SocketAddr,
+    stream: S,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let tls = Arc::new(tls);
+    let service = service_fn(move |request| {
+        let app = app.clone();
+        let tls = tls.clone();
+        async move { Ok::<_, Infallible>(app.handle(local_ip, &tls, request).await) }
+    });
+    let served = auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await;
+    if let Err(err) = served {
+        tracing::debug!(%peer, %err, "demo app connection ended with an error");
+    }
 }
 
 struct App {
@@ -212,7 +246,12 @@ impl App {
         }
     }
 
-    async fn handle(&self, local_ip: IpAddr, mut request: Request<Incoming>) -> Response<AppBody> {
+    async fn handle(
+        &self,
+        local_ip: IpAddr,
+        tls: &Option<Option<String>>,
+        mut request: Request<Incoming>,
+    ) -> Response<AppBody> {
         self.served.fetch_add(1, Ordering::Relaxed);
         if !self.config.delay.is_zero() {
             tokio::time::sleep(self.config.delay).await;
@@ -265,6 +304,8 @@ impl App {
             code,
             error,
             request: echoed,
+            tls: tls.is_some(),
+            sni: tls.as_ref().and_then(|sni| sni.as_deref()),
         };
         tracing::debug!(name = %self.config.name, uri = %report.uri, code, "demo app answered");
         // Serializing a struct of strings and JSON values cannot fail.
@@ -299,6 +340,12 @@ struct Report<'a> {
     error: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     request: Option<serde_json::Value>,
+    /// Whether the request came over TLS (only shown when it did).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    tls: bool,
+    /// The server name the TLS client asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sni: Option<&'a str>,
 }
 
 /// The request as it arrived: method, authority and headers (repeated
