@@ -164,7 +164,7 @@ fn request_headers() -> HeaderMap {
         ("x-b3-sampled", "1"),
         ("x-forwarded-proto", "http"),
         ("end-user", "alice"),
-        ("cookie", "session=abc123; theme=dark"),
+        ("cookie", "sid=abc123; theme=dark"),
     ] {
         h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
     }

@@ -16,7 +16,7 @@ use crate::procfs::{self, CpuUse, CpuWindow, RssSampler};
 use crate::procs::{Binaries, EnvoyProxy, Managed, MizzenProxy, Pilot};
 use crate::report::{
     Arm, ArmResult, Memory, NotMeasured, PilotScale, Profile, Propagation, Report, Sample,
-    Scenario, ScenarioKind, Settings, Summary,
+    Scenario, ScenarioKind, Settings,
 };
 use crate::scale::{Fleet, Probe, spread};
 use crate::tools::{Throughput, Tool};
@@ -65,7 +65,7 @@ impl Options {
             },
             scale_proxies: 1000,
             full_pushes: 1,
-            endpoint_changes: 2,
+            endpoint_changes: 1,
             profile_seconds: None,
             bin_dir,
             work_dir,
@@ -224,7 +224,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     if opts.memory {
         eprintln!("== proxy memory with a large mesh");
         if let Err(e) = large_mesh_memory(opts, &bins, &log_dir, &mut report).await {
-            report.warnings.push(format!("large mesh phase: {e:#}"));
+            let reason = format!("large mesh phase: {e:#}");
+            for pm in [&mut report.memory.mizzen, &mut report.memory.envoy] {
+                pm.error.get_or_insert_with(|| reason.clone());
+            }
         }
     }
     if opts.pilot {
@@ -488,6 +491,7 @@ async fn run_scenario(
                     sample.other_cores,
                     sample.other_top
                 );
+                wait_for_quiet(opts.contamination_threshold, Duration::from_secs(5)).await;
                 let mut again = measure(opts, bins, dp, spec, arm, rep).await;
                 again.retried = true;
                 again.contaminated =
@@ -498,43 +502,39 @@ async fn run_scenario(
             samples.push((arm, sample));
         }
     }
-    // Added latency against the direct arm of the same repetition.
-    if matches!(spec.load, Load::Paced { .. }) {
-        for rep in 0..opts.repetitions {
-            let direct = samples
-                .iter()
-                .find(|(a, s)| *a == Arm::Direct && s.rep == rep && s.error.is_none())
-                .and_then(|(_, s)| s.latency_us);
-            if let Some(direct) = direct {
-                for (arm, s) in samples.iter_mut() {
-                    if *arm != Arm::Direct && s.rep == rep {
-                        s.added_latency_us = s.latency_us.map(|l| l.minus(&direct));
-                    }
-                }
-            }
-        }
-    }
     let arms = Arm::ALL
         .iter()
-        .map(|&arm| {
-            let mine: Vec<Sample> = samples
+        .map(|&arm| ArmResult {
+            arm,
+            samples: samples
                 .iter()
                 .filter(|(a, _)| *a == arm)
                 .map(|(_, s)| s.clone())
-                .collect();
-            ArmResult {
-                arm,
-                summary: Summary::of(&mine),
-                failure: mine.iter().find_map(|s| s.error.clone()),
-                samples: mine,
-            }
+                .collect(),
+            summary: None,
+            failure: None,
         })
         .collect();
-    Scenario {
+    let mut scenario = Scenario {
         id: spec.id.clone(),
         title: spec.title.clone(),
         kind: spec.kind(),
         arms,
+    };
+    scenario.summarize();
+    scenario
+}
+
+/// Waits (at most `limit`) for a second in which processes outside the
+/// benchmark use less than `threshold` cores.
+async fn wait_for_quiet(threshold: f64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let window = CpuWindow::start(&[std::process::id()]);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if window.finish().other_cores < threshold {
+            return;
+        }
     }
 }
 
@@ -1139,6 +1139,20 @@ async fn pilot_scale(
     out.pilot_rss_after_mib = rss(pilot_pid);
     pilot.process.stop().await;
     Ok(())
+}
+
+/// Reads a `latest.json`, recomputes the medians from its samples and
+/// writes `latest.json` and `latest.md` beside it again.
+pub fn render(json: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(json).with_context(|| format!("cannot read {}", json.display()))?;
+    let mut report: Report = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a mizzen-bench report", json.display()))?;
+    for scenario in &mut report.scenarios {
+        scenario.summarize();
+    }
+    let dir = json.parent().unwrap_or(Path::new("."));
+    write_results(&report, dir)
 }
 
 /// Writes `latest.json` and `latest.md` into `dir`.

@@ -63,9 +63,21 @@ pub enum Command {
         /// Simulated proxies of the pilot test.
         #[arg(long)]
         proxies: Option<usize>,
+        /// Full pushes (a Service added) timed in the pilot test.
+        #[arg(long)]
+        pushes: Option<usize>,
+        /// Endpoint changes (a Workload edited) timed in the pilot test.
+        #[arg(long)]
+        endpoint_changes: Option<usize>,
         /// Run only these phases (comma-separated).
         #[arg(long, value_delimiter = ',')]
         only: Option<Vec<Phase>>,
+    },
+    /// Recompute the medians of a results JSON and rewrite it and its
+    /// markdown beside it.
+    Render {
+        #[arg(default_value = "bench/results/latest.json")]
+        json: PathBuf,
     },
     /// Serve a fixed response over HTTP/1.1 and h2c (the upstream).
     Upstream {
@@ -127,6 +139,8 @@ pub fn main() -> ExitCode {
             rates,
             services,
             proxies,
+            pushes,
+            endpoint_changes,
             only,
         } => {
             let (work_dir, _keep) = match work_dir {
@@ -160,6 +174,12 @@ pub fn main() -> ExitCode {
             if let Some(n) = proxies {
                 opts.scale_proxies = n.max(1);
             }
+            if let Some(n) = pushes {
+                opts.full_pushes = n;
+            }
+            if let Some(n) = endpoint_changes {
+                opts.endpoint_changes = n;
+            }
             if let Some(only) = only {
                 opts.data_plane = only.contains(&Phase::DataPlane);
                 opts.memory = only.contains(&Phase::Memory);
@@ -167,6 +187,7 @@ pub fn main() -> ExitCode {
             }
             run(&opts, &results)
         }
+        Command::Render { json } => bench::render(&json),
         Command::Upstream {
             listen,
             body_bytes,

@@ -295,7 +295,7 @@ impl Drop for RssSampler {
 }
 
 /// The machine the figures come from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Machine {
     pub cpu_model: String,
     pub cores: usize,

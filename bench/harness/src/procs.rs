@@ -142,7 +142,31 @@ pub struct Pilot {
 }
 
 impl Pilot {
+    /// Starts the pilot on free ports of 127.0.0.1 and waits for `/ready`.
+    /// A free port can be taken by another program before the pilot binds
+    /// it (tests run beside the benchmark), so a failed start is retried on
+    /// other ports.
     pub async fn start(
+        bins: &Binaries,
+        config_dir: &Path,
+        log_dir: &Path,
+        name: &str,
+    ) -> anyhow::Result<Pilot> {
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 1;
+        loop {
+            match Pilot::start_once(bins, config_dir, log_dir, name).await {
+                Ok(pilot) => return Ok(pilot),
+                Err(e) if attempt < ATTEMPTS => {
+                    eprintln!("   {name} did not start ({e:#}); trying other ports");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn start_once(
         bins: &Binaries,
         config_dir: &Path,
         log_dir: &Path,
@@ -161,8 +185,15 @@ impl Pilot {
             .env("RUST_LOG", "warn");
         let mut process = Managed::spawn(name, &mut command, log_dir)?;
         let ready = wait_ok(debug, "/ready", Duration::from_secs(30)).await;
-        process.check_alive()?;
-        ready?;
+        if let Err(exited) = process.check_alive() {
+            // Only the first line: the rest is a backtrace.
+            let first = format!("{exited:#}");
+            bail!("{}", first.lines().take(2).collect::<Vec<_>>().join(" "));
+        }
+        if let Err(e) = ready {
+            process.stop().await;
+            return Err(e);
+        }
         Ok(Pilot {
             process,
             xds,

@@ -2,13 +2,13 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::procfs::Machine;
 use crate::stats::{Percentiles, median, ratio};
 
 /// Where a request goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arm {
     /// Client straight to the upstream.
@@ -32,7 +32,7 @@ impl Arm {
 }
 
 /// One measurement of one arm.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Sample {
     pub rep: usize,
     /// Good responses per second.
@@ -70,7 +70,7 @@ pub struct Sample {
 }
 
 /// Medians over an arm's good samples.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {
     pub samples: usize,
     pub rate: f64,
@@ -83,8 +83,14 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Medians over the samples that did not fail, and of those only the
+    /// clean ones (not contaminated by other processes) when there is at
+    /// least one.
     pub fn of(samples: &[Sample]) -> Option<Summary> {
-        let good: Vec<&Sample> = samples.iter().filter(|s| s.error.is_none()).collect();
+        let mut good: Vec<&Sample> = samples.iter().filter(|s| s.error.is_none()).collect();
+        if good.iter().any(|s| !s.contaminated) {
+            good.retain(|s| !s.contaminated);
+        }
         if good.is_empty() {
             return None;
         }
@@ -106,7 +112,7 @@ impl Summary {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArmResult {
     pub arm: Arm,
     pub samples: Vec<Sample>,
@@ -115,7 +121,7 @@ pub struct ArmResult {
     pub failure: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScenarioKind {
     /// Constant rate, latency added over direct.
@@ -124,7 +130,7 @@ pub enum ScenarioKind {
     Max,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scenario {
     pub id: String,
     pub title: String,
@@ -136,10 +142,40 @@ impl Scenario {
     pub fn arm(&self, arm: Arm) -> Option<&ArmResult> {
         self.arms.iter().find(|a| a.arm == arm)
     }
+
+    /// Fills each sample's latency added over the direct arm of the same
+    /// repetition (paced scenarios) and each arm's summary and failure.
+    pub fn summarize(&mut self) {
+        if self.kind == ScenarioKind::Paced {
+            let direct: Vec<(usize, Percentiles)> = self
+                .arm(Arm::Direct)
+                .map(|a| {
+                    a.samples
+                        .iter()
+                        .filter(|s| s.error.is_none())
+                        .filter_map(|s| Some((s.rep, s.latency_us?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for arm in self.arms.iter_mut().filter(|a| a.arm != Arm::Direct) {
+                for s in &mut arm.samples {
+                    let base = direct.iter().find(|(rep, _)| *rep == s.rep);
+                    s.added_latency_us = match (s.latency_us, base) {
+                        (Some(l), Some((_, d))) => Some(l.minus(d)),
+                        _ => None,
+                    };
+                }
+            }
+        }
+        for arm in &mut self.arms {
+            arm.summary = Summary::of(&arm.samples);
+            arm.failure = arm.samples.iter().find_map(|s| s.error.clone());
+        }
+    }
 }
 
 /// Resident memory of the proxies, MiB.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ProxyMemory {
     pub idle_mib: Option<f64>,
     pub under_load_max_mib: Option<f64>,
@@ -151,7 +187,7 @@ pub struct ProxyMemory {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Memory {
     pub mizzen: ProxyMemory,
     pub envoy: ProxyMemory,
@@ -161,7 +197,7 @@ pub struct Memory {
 }
 
 /// How a change spread to the simulated proxies.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Propagation {
     pub reached: usize,
     pub proxies: usize,
@@ -172,7 +208,7 @@ pub struct Propagation {
     pub harness_cpu_s: f64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PilotScale {
     pub services: usize,
     pub endpoints: usize,
@@ -193,13 +229,13 @@ pub struct PilotScale {
 }
 
 /// Something the harness lists without measuring, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NotMeasured {
     pub what: String,
     pub status: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Profile {
     /// The command that recorded it and the load it ran under.
     pub how: String,
@@ -212,7 +248,7 @@ pub struct Profile {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
     pub mode: String,
     pub repetitions: usize,
@@ -226,7 +262,7 @@ pub struct Settings {
     pub contamination_threshold_cores: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub schema: u32,
     pub started_unix: u64,
@@ -431,14 +467,27 @@ fn scenario_rows(s: &Scenario, rows: &mut Vec<Row>) {
     }
 }
 
-fn mib_row(rows: &mut Vec<Row>, scenario: &str, metric: &str, m: Option<f64>, e: Option<f64>) {
+/// A memory or timing row; a missing figure of a proxy whose measurement
+/// failed shows as failed.
+fn mib_row(
+    rows: &mut Vec<Row>,
+    scenario: &str,
+    metric: &str,
+    (m, mizzen_failed): (Option<f64>, bool),
+    (e, envoy_failed): (Option<f64>, bool),
+) {
+    let cell = |v: Option<f64>, failed: bool| match v {
+        Some(v) => format!("{v:.1}"),
+        None if failed => "**failed** (see below)".to_owned(),
+        None => "–".to_owned(),
+    };
     rows.push(Row {
         scenario: scenario.to_owned(),
         metric: metric.to_owned(),
         cells: [
             "–".to_owned(),
-            fmt_opt(m, |v| format!("{v:.1}")),
-            fmt_opt(e, |v| format!("{v:.1}")),
+            cell(m, mizzen_failed),
+            cell(e, envoy_failed),
         ],
         mizzen_vs_envoy: ratio(m, e),
         mizzen_vs_direct: None,
@@ -492,52 +541,54 @@ impl Report {
             });
         }
         let (mz, en) = (&self.memory.mizzen, &self.memory.envoy);
+        let (mf, ef) = (mz.error.is_some(), en.error.is_some());
         mib_row(
             &mut rows,
             "Proxy RSS",
             "idle (bench config), MiB",
-            mz.idle_mib,
-            en.idle_mib,
+            (mz.idle_mib, false),
+            (en.idle_mib, false),
         );
         mib_row(
             &mut rows,
             "",
             "under load (max sampled), MiB",
-            mz.under_load_max_mib,
-            en.under_load_max_mib,
+            (mz.under_load_max_mib, false),
+            (en.under_load_max_mib, false),
         );
         let mesh = format!(
             "{} services, {} endpoints",
             self.memory.large_mesh_services, self.memory.large_mesh_endpoints
         );
-        mib_row(
-            &mut rows,
-            &mesh,
-            "RSS as gateway (all clusters + endpoints), MiB",
-            mz.large_mesh_router_mib,
-            en.large_mesh_router_mib,
-        );
-        mib_row(
-            &mut rows,
-            "",
-            "RSS as sidecar (+ a route for every service), MiB",
-            mz.large_mesh_sidecar_mib,
-            en.large_mesh_sidecar_mib,
-        );
-        mib_row(
-            &mut rows,
-            "",
-            "start to fully synced as gateway, s",
-            mz.large_mesh_router_sync_s,
-            en.large_mesh_router_sync_s,
-        );
-        mib_row(
-            &mut rows,
-            "",
-            "start to fully synced as sidecar, s",
-            mz.large_mesh_sidecar_sync_s,
-            en.large_mesh_sidecar_sync_s,
-        );
+        let large: [(&str, &str, Option<f64>, Option<f64>); 4] = [
+            (
+                &mesh,
+                "RSS as gateway (all clusters + endpoints), MiB",
+                mz.large_mesh_router_mib,
+                en.large_mesh_router_mib,
+            ),
+            (
+                "",
+                "RSS as sidecar (+ a route for every service), MiB",
+                mz.large_mesh_sidecar_mib,
+                en.large_mesh_sidecar_mib,
+            ),
+            (
+                "",
+                "start to fully synced as gateway, s",
+                mz.large_mesh_router_sync_s,
+                en.large_mesh_router_sync_s,
+            ),
+            (
+                "",
+                "start to fully synced as sidecar, s",
+                mz.large_mesh_sidecar_sync_s,
+                en.large_mesh_sidecar_sync_s,
+            ),
+        ];
+        for (scenario, metric, m, e) in large {
+            mib_row(&mut rows, scenario, metric, (m, mf), (e, ef));
+        }
         for row in &rows {
             row.render(&mut out);
         }
@@ -552,7 +603,8 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nLatency cells are absolute with the latency added over direct (same repetition) in \
+            "\nMedians are over the clean repetitions of an arm when it has any (see the last \
+             table). Latency cells are absolute with the latency added over direct (same repetition) in \
              parentheses; *mizzen/envoy* compares added latency, *mizzen/direct* absolute latency. \
              Paced runs use a constant-rate generator with coordinated-omission correction \
              (`mizzen-bench load`); max throughput uses `wrk -t1` (HTTP/1.1) and `h2load -t1` (h2c, \
@@ -752,6 +804,73 @@ mod tests {
         assert_eq!(fmt_s(0.25), "250 ms");
         assert_eq!(one_line("a |\n b", 10), "a / b");
         assert_eq!(one_line("abcdef", 3), "abc…");
+    }
+
+    #[test]
+    fn contaminated_samples_are_left_out_when_clean_ones_exist() {
+        let mut dirty = sample(900.0, 90.0, None);
+        dirty.contaminated = true;
+        let s = Summary::of(&[sample(100.0, 10.0, None), dirty.clone()]).unwrap();
+        assert_eq!((s.samples, s.rate), (1, 100.0));
+        let s = Summary::of(std::slice::from_ref(&dirty)).unwrap();
+        assert_eq!(s.rate, 900.0);
+    }
+
+    #[test]
+    fn added_latency_is_against_the_same_repetition() {
+        let paced = |rep: usize, p50: f64| Sample {
+            rep,
+            latency_us: Some(Percentiles {
+                p50,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let arm = |arm: Arm, samples: Vec<Sample>| ArmResult {
+            arm,
+            samples,
+            summary: None,
+            failure: None,
+        };
+        let mut scenario = Scenario {
+            id: "p".into(),
+            title: "p".into(),
+            kind: ScenarioKind::Paced,
+            arms: vec![
+                arm(Arm::Direct, vec![paced(0, 50.0), paced(1, 70.0)]),
+                arm(Arm::Mizzen, vec![paced(1, 100.0), paced(0, 90.0)]),
+                arm(Arm::Envoy, vec![paced(0, 200.0)]),
+            ],
+        };
+        scenario.summarize();
+        let mizzen = scenario.arm(Arm::Mizzen).unwrap();
+        let added: Vec<f64> = mizzen
+            .samples
+            .iter()
+            .map(|s| s.added_latency_us.unwrap().p50)
+            .collect();
+        assert_eq!(added, [30.0, 40.0]);
+        assert_eq!(
+            mizzen
+                .summary
+                .as_ref()
+                .unwrap()
+                .added_latency_us
+                .unwrap()
+                .p50,
+            35.0
+        );
+        let envoy = scenario.arm(Arm::Envoy).unwrap();
+        assert_eq!(
+            envoy
+                .summary
+                .as_ref()
+                .unwrap()
+                .added_latency_us
+                .unwrap()
+                .p50,
+            150.0
+        );
     }
 
     #[test]

@@ -136,7 +136,7 @@ pub struct Fleet {
 
 /// One simulated proxy's counters.
 #[derive(Default)]
-pub struct SimProxy {
+struct SimProxy {
     /// Updates received per type: CDS, EDS, LDS, RDS.
     updates: [AtomicU64; 4],
     /// Nanoseconds from the fleet's start at which all four types had
@@ -153,7 +153,7 @@ struct Handler {
 }
 
 /// What handlers need from the fleet (the probe and the clock).
-pub struct FleetShared {
+struct FleetShared {
     base: Instant,
     probe: RwLock<Option<Probe>>,
 }
