@@ -175,6 +175,10 @@ pub struct Model {
     /// By hostname.
     pub services: BTreeMap<String, Service>,
     pub workloads: Vec<Workload>,
+    /// Indexes into `workloads` of the workloads each service selects, by
+    /// hostname: computed once per model so that endpoint lookups, done for
+    /// every cluster of every proxy, do not scan every workload.
+    selected: BTreeMap<String, Vec<usize>>,
     pub virtual_services: Vec<Config<mizzen_api::networking::VirtualService>>,
     pub destination_rules: Vec<Config<mizzen_api::networking::DestinationRule>>,
     pub gateways: Vec<Config<mizzen_api::networking::Gateway>>,
@@ -231,6 +235,16 @@ impl Model {
             .workloads
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         model.allocate_addresses();
+        model.selected = model
+            .services
+            .values()
+            .map(|service| {
+                let indexes = (0..model.workloads.len())
+                    .filter(|&i| service.selects(&model.workloads[i]))
+                    .collect();
+                (service.hostname.clone(), indexes)
+            })
+            .collect();
         model.fault_injection = model
             .virtual_services
             .iter()
@@ -374,9 +388,12 @@ impl Model {
         subset: Option<&BTreeMap<String, String>>,
     ) -> Vec<Endpoint> {
         let mut out: Vec<Endpoint> = self
-            .workloads
+            .selected
+            .get(&service.hostname)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
             .iter()
-            .filter(|w| service.selects(w))
+            .map(|&i| &self.workloads[i])
             .filter(|w| subset.is_none_or(|labels| labels_match(labels, &w.labels)))
             .filter_map(|w| {
                 Some(Endpoint {
