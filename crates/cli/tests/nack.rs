@@ -174,11 +174,7 @@ async fn bad_config_is_nacked_and_last_good_kept() {
     let server = AdsServer::new(switch.clone(), generation_rx, status.clone());
     let xds = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let xds_address = xds.local_addr().unwrap();
-    let server_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(server.into_service())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds)),
-    );
+    let server_task = tokio::spawn(server.serve(xds));
     let node = Node {
         id: format!("router~{ip}~gw.test~test.svc.cluster.local"),
         ..Default::default()

@@ -151,12 +151,7 @@ impl Pilot {
             state.sync.clone(),
         );
         let xds = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds_listener);
-            if let Err(error) = tonic::transport::Server::builder()
-                .add_service(ads.into_service())
-                .serve_with_incoming(incoming)
-                .await
-            {
+            if let Err(error) = ads.serve(xds_listener).await {
                 tracing::error!(%error, "xDS server stopped");
             }
         });

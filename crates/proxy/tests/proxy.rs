@@ -792,11 +792,7 @@ async fn becomes_ready_over_ads() {
     );
     let xds = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let xds_addr = xds.local_addr().unwrap();
-    let server_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(server.into_service())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds)),
-    );
+    let server_task = tokio::spawn(server.serve(xds));
     let node = mizzen_xds::client::Node {
         id: "sidecar~127.0.0.1~ads.default~default.svc.cluster.local".into(),
         ..Default::default()

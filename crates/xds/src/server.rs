@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::pb::envoy::config::core::v3::Node;
@@ -73,6 +73,18 @@ impl<G: Generator> AdsServer<G> {
         AggregatedDiscoveryServiceServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// Serves ADS (plaintext gRPC) on `listener` until the connection
+    /// acceptor fails.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+    ) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder()
+            .add_service(self.into_service())
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
     }
 }
 

@@ -121,11 +121,7 @@ async fn syncs_pushes_nacks_and_recovers() {
     let server = AdsServer::new(generator.clone(), generation_rx, status.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let server_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(server.into_service())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let server_task = tokio::spawn(server.serve(listener));
 
     let handler = Arc::new(TestHandler::default());
     let client_task = tokio::spawn(run_ads(

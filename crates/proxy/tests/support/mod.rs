@@ -621,10 +621,7 @@ pub async fn start_ads(bind: SocketAddr, resources: Resources) -> AdsHandle {
     let listener = TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(server.into_service())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await;
+        let _ = server.serve(listener).await;
     });
     AdsHandle {
         addr,
