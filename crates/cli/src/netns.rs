@@ -85,8 +85,10 @@ struct Owned {
     bridge: Option<String>,
 }
 
-fn owners_file(pid: u32) -> PathBuf {
-    Path::new(OWNERS_DIR).join(format!("{pid}.json"))
+/// One record per network: a process may run several (tests do), and
+/// each must find only its own.
+fn owners_file(pid: u32, bridge: &str) -> PathBuf {
+    Path::new(OWNERS_DIR).join(format!("{pid}-{bridge}.json"))
 }
 
 /// The pod network of this process.
@@ -160,7 +162,7 @@ impl PodNetwork {
     fn save(&self) -> anyhow::Result<()> {
         std::fs::create_dir_all(OWNERS_DIR).with_context(|| format!("creating {OWNERS_DIR}"))?;
         std::fs::write(
-            owners_file(self.owned.pid),
+            owners_file(self.owned.pid, &self.config.bridge),
             serde_json::to_vec(&self.owned)?,
         )
         .context("recording created pods")?;
@@ -302,7 +304,7 @@ impl PodNetwork {
         if let Some(bridge) = &self.owned.bridge {
             let _ = run("ip", &["link", "del", bridge]);
         }
-        let _ = std::fs::remove_file(owners_file(self.owned.pid));
+        let _ = std::fs::remove_file(owners_file(self.owned.pid, &self.config.bridge));
         self.owned = Owned::default();
     }
 }
@@ -320,7 +322,7 @@ impl Drop for PodNetwork {
             if let Some(bridge) = &self.owned.bridge {
                 let _ = run("ip", &["link", "del", bridge]);
             }
-            let _ = std::fs::remove_file(owners_file(self.owned.pid));
+            let _ = std::fs::remove_file(owners_file(self.owned.pid, &self.config.bridge));
         }
     }
 }
@@ -368,7 +370,8 @@ fn clean_leftovers() {
         let Ok(owned) = serde_json::from_str::<Owned>(&text) else {
             continue;
         };
-        if Path::new(&format!("/proc/{}", owned.pid)).exists() && owned.pid != std::process::id() {
+        // A live process, this one included, still owns what it recorded.
+        if Path::new(&format!("/proc/{}", owned.pid)).exists() {
             continue;
         }
         tracing::warn!(
