@@ -1,7 +1,7 @@
 //! The whole benchmark: the data plane (direct, mizzen-proxy and Envoy
-//! arms, interleaved), proxy memory with a large mesh, and mizzen-pilot at
-//! scale. Each phase starts what it needs and stops it before the next, so
-//! phases never share the machine.
+//! arms, interleaved) over HTTP and over raw TCP, proxy memory with a large
+//! mesh, and mizzen-pilot at scale. Each phase starts what it needs and
+//! stops it before the next, so phases never share the machine.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -11,14 +11,15 @@ use anyhow::{Context as _, bail};
 use tokio::process::Command;
 
 use crate::load::LoadReport;
-use crate::meshgen::{self, GATEWAY_PORT, MeshSize};
+use crate::meshgen::{self, GATEWAY_PORT, MeshSize, TCP_ECHO_PORT, TCP_SINK_PORT};
 use crate::procfs::{self, CpuUse, CpuWindow, RssSampler};
 use crate::procs::{Binaries, EnvoyProxy, Managed, MizzenProxy, Pilot};
 use crate::report::{
     Arm, ArmResult, Memory, NotMeasured, PilotScale, Profile, Propagation, Report, Sample,
-    Scenario, ScenarioKind, Settings,
+    Scenario, ScenarioKind, Settings, TcpSettings,
 };
 use crate::scale::{Fleet, Probe, spread};
+use crate::tcp::{TcpLoadReport, TcpMode};
 use crate::tools::{Throughput, Tool};
 
 /// What to run and how hard.
@@ -41,8 +42,18 @@ pub struct Options {
     /// Logs and config directories of the run.
     pub work_dir: PathBuf,
     pub contamination_threshold: f64,
+    /// Raw TCP: seconds counted per measurement, after `tcp_warmup`.
+    /// Shorter than the HTTP runs: a stream settles within a fraction of a
+    /// second, and the whole run has to fit in ten minutes.
+    pub tcp_duration: Duration,
+    pub tcp_warmup: Duration,
+    pub tcp_stream_connections: usize,
+    pub tcp_stream_write_bytes: usize,
+    pub tcp_echo_connections: usize,
+    pub tcp_echo_bytes: usize,
     /// Which phases to run.
     pub data_plane: bool,
+    pub tcp: bool,
     pub memory: bool,
     pub pilot: bool,
 }
@@ -70,7 +81,14 @@ impl Options {
             bin_dir,
             work_dir,
             contamination_threshold: 0.05,
+            tcp_duration: Duration::from_secs(2),
+            tcp_warmup: Duration::from_millis(500),
+            tcp_stream_connections: 4,
+            tcp_stream_write_bytes: 64 * 1024,
+            tcp_echo_connections: 16,
+            tcp_echo_bytes: 64,
             data_plane: true,
+            tcp: true,
             memory: true,
             pilot: true,
         }
@@ -91,6 +109,8 @@ impl Options {
             scale_proxies: 100,
             full_pushes: 1,
             endpoint_changes: 1,
+            tcp_duration: Duration::from_secs(1),
+            tcp_warmup: Duration::from_millis(300),
             ..Options::full(bin_dir, work_dir)
         }
     }
@@ -102,6 +122,25 @@ enum Load {
     Paced { rate: f64 },
     Wrk,
     H2load,
+    Tcp(TcpMode),
+}
+
+/// Which of the upstream's services a load goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    Http,
+    TcpSink,
+    TcpEcho,
+}
+
+impl Load {
+    fn service(self) -> Service {
+        match self {
+            Load::Paced { .. } | Load::Wrk | Load::H2load => Service::Http,
+            Load::Tcp(TcpMode::Stream) => Service::TcpSink,
+            Load::Tcp(TcpMode::Echo) => Service::TcpEcho,
+        }
+    }
 }
 
 struct ScenarioSpec {
@@ -115,6 +154,8 @@ impl ScenarioSpec {
         match self.load {
             Load::Paced { .. } => ScenarioKind::Paced,
             Load::Wrk | Load::H2load => ScenarioKind::Max,
+            Load::Tcp(TcpMode::Stream) => ScenarioKind::TcpStream,
+            Load::Tcp(TcpMode::Echo) => ScenarioKind::TcpEcho,
         }
     }
 }
@@ -143,6 +184,28 @@ fn scenario_specs(opts: &Options) -> Vec<ScenarioSpec> {
         load: Load::H2load,
     });
     specs
+}
+
+fn tcp_scenario_specs(opts: &Options) -> Vec<ScenarioSpec> {
+    vec![
+        ScenarioSpec {
+            id: "tcp_stream".into(),
+            title: format!(
+                "raw TCP stream ({} connections, {} KiB writes)",
+                opts.tcp_stream_connections,
+                opts.tcp_stream_write_bytes / 1024
+            ),
+            load: Load::Tcp(TcpMode::Stream),
+        },
+        ScenarioSpec {
+            id: "tcp_echo".into(),
+            title: format!(
+                "raw TCP echo ({} connections, {} B messages)",
+                opts.tcp_echo_connections, opts.tcp_echo_bytes
+            ),
+            load: Load::Tcp(TcpMode::Echo),
+        },
+    ]
 }
 
 /// The order of the arms in repetition `rep`: rotated, so that no arm always
@@ -192,6 +255,14 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             rates: opts.rates.clone(),
             pinning: "none (BENCH-NOTES: pinning the proxy did not help on a 2-core VM)".to_owned(),
             contamination_threshold_cores: opts.contamination_threshold,
+            tcp: opts.tcp.then_some(TcpSettings {
+                seconds_per_measurement: opts.tcp_duration.as_secs_f64(),
+                warmup_seconds: opts.tcp_warmup.as_secs_f64(),
+                stream_connections: opts.tcp_stream_connections,
+                stream_write_bytes: opts.tcp_stream_write_bytes,
+                echo_connections: opts.tcp_echo_connections,
+                echo_message_bytes: opts.tcp_echo_bytes,
+            }),
         },
         scenarios: Vec::new(),
         memory: Memory {
@@ -203,6 +274,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         not_measured: not_measured(),
         profile: None,
         warnings: Vec::new(),
+        phase_seconds: Vec::new(),
     };
     if other_before > 0.25 {
         report.warnings.push(format!(
@@ -217,24 +289,46 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
 
     if opts.data_plane {
         eprintln!("== data plane");
+        let t0 = Instant::now();
         if let Err(e) = data_plane(opts, &bins, &log_dir, &mut report).await {
             report.warnings.push(format!("data plane phase: {e:#}"));
         }
+        report
+            .phase_seconds
+            .push(("data plane".to_owned(), t0.elapsed().as_secs_f64()));
+    }
+    if opts.tcp {
+        eprintln!("== raw TCP");
+        let t0 = Instant::now();
+        if let Err(e) = tcp_data_plane(opts, &bins, &log_dir, &mut report).await {
+            report.warnings.push(format!("raw TCP phase: {e:#}"));
+        }
+        report
+            .phase_seconds
+            .push(("raw TCP".to_owned(), t0.elapsed().as_secs_f64()));
     }
     if opts.memory {
         eprintln!("== proxy memory with a large mesh");
+        let t0 = Instant::now();
         if let Err(e) = large_mesh_memory(opts, &bins, &log_dir, &mut report).await {
             let reason = format!("large mesh phase: {e:#}");
             for pm in [&mut report.memory.mizzen, &mut report.memory.envoy] {
                 pm.error.get_or_insert_with(|| reason.clone());
             }
         }
+        report
+            .phase_seconds
+            .push(("memory".to_owned(), t0.elapsed().as_secs_f64()));
     }
     if opts.pilot {
         eprintln!("== pilot at scale");
+        let t0 = Instant::now();
         if let Err(e) = pilot_scale(opts, &bins, &log_dir, &mut report.pilot).await {
             report.pilot.error = Some(format!("{e:#}"));
         }
+        report
+            .phase_seconds
+            .push(("pilot".to_owned(), t0.elapsed().as_secs_f64()));
     }
     report.wall_seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -242,10 +336,6 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
 
 fn not_measured() -> Vec<NotMeasured> {
     [
-        (
-            "Raw TCP throughput per CPU-second",
-            "not yet: needs TCP routing (the pilot emits no TCP routes)",
-        ),
         (
             "Sidecar-to-sidecar mTLS",
             "pending: mTLS does not exist yet",
@@ -283,26 +373,62 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// The processes of the data-plane phase.
+/// The processes of a data-plane phase (HTTP or raw TCP).
 struct DataPlane {
     upstream: Managed,
-    upstream_addr: SocketAddr,
     pilot: Pilot,
     mizzen: Option<MizzenProxy>,
-    mizzen_addr: SocketAddr,
     envoy: Option<EnvoyProxy>,
-    envoy_addr: SocketAddr,
     mizzen_error: Option<String>,
     envoy_error: Option<String>,
+    /// Where each service is reached: the upstream itself, through
+    /// mizzen-proxy, through Envoy (in [`Arm::ALL`] order).
+    targets: Vec<(Service, [SocketAddr; 3])>,
 }
 
 impl DataPlane {
-    fn target(&self, arm: Arm) -> SocketAddr {
+    fn target(&self, arm: Arm, service: Service) -> SocketAddr {
+        let (_, addrs) = self
+            .targets
+            .iter()
+            .find(|(s, _)| *s == service)
+            .expect("every load's service has targets");
         match arm {
-            Arm::Direct => self.upstream_addr,
-            Arm::Mizzen => self.mizzen_addr,
-            Arm::Envoy => self.envoy_addr,
+            Arm::Direct => addrs[0],
+            Arm::Mizzen => addrs[1],
+            Arm::Envoy => addrs[2],
         }
+    }
+
+    /// Takes an arm's proxy out of the measurement, with the reason.
+    async fn drop_proxy(&mut self, arm: Arm, reason: String) {
+        match arm {
+            Arm::Direct => {}
+            Arm::Mizzen => {
+                self.mizzen_error = Some(reason);
+                if let Some(m) = self.mizzen.take() {
+                    m.process.stop().await;
+                }
+            }
+            Arm::Envoy => {
+                self.envoy_error = Some(reason);
+                if let Some(e) = self.envoy.take() {
+                    e.stop().await;
+                }
+            }
+        }
+    }
+
+    /// Stops everything.
+    async fn stop(mut self) {
+        if let Some(m) = self.mizzen.take() {
+            m.process.stop().await;
+        }
+        if let Some(e) = self.envoy.take() {
+            e.stop().await;
+        }
+        self.upstream.stop().await;
+        self.pilot.process.stop().await;
     }
 
     fn proxy_pid(&self, arm: Arm) -> Option<u32> {
@@ -365,57 +491,42 @@ async fn data_plane(
         crate::procs::start_upstream(bins, upstream_addr, opts.body_bytes, log_dir).await?;
     let mizzen_ip = mizzen_testkit::free_loopback_ip();
     let envoy_ip = mizzen_testkit::free_loopback_ip();
-    let (mizzen, mizzen_error) = match MizzenProxy::start(
+    let (mizzen, mizzen_error, envoy, envoy_error) = start_proxies(
         bins,
         &pilot,
-        &meshgen::gateway_node(mizzen_ip, "mizzen-gateway"),
-        mizzen_ip,
         log_dir,
-        "mizzen-proxy-gateway",
-    )
-    .await
-    {
-        Ok(m) => (Some(m), None),
-        Err(e) => (None, Some(format!("mizzen-proxy did not start: {e:#}"))),
-    };
-    let (envoy, envoy_error) = match EnvoyProxy::start(
-        bins,
-        &pilot,
+        (
+            &meshgen::gateway_node(mizzen_ip, "mizzen-gateway"),
+            "mizzen-proxy-gateway",
+        ),
         &meshgen::gateway_node(envoy_ip, "envoy-gateway"),
-        envoy_ip,
     )
-    .await
-    {
-        Ok(e) => (Some(e), None),
-        Err(e) => (None, Some(format!("Envoy did not start: {e:#}"))),
-    };
+    .await;
     let mut dp = DataPlane {
         upstream,
-        upstream_addr,
         pilot,
         mizzen,
-        mizzen_addr: SocketAddr::from((mizzen_ip, GATEWAY_PORT)),
         envoy,
-        envoy_addr: SocketAddr::from((envoy_ip, GATEWAY_PORT)),
         mizzen_error,
         envoy_error,
+        targets: vec![(
+            Service::Http,
+            [
+                upstream_addr,
+                SocketAddr::from((mizzen_ip, GATEWAY_PORT)),
+                SocketAddr::from((envoy_ip, GATEWAY_PORT)),
+            ],
+        )],
     };
     // Ready is not routable yet: wait for the route to the upstream.
     for arm in [Arm::Mizzen, Arm::Envoy] {
         if dp.check(arm).is_ok()
             && let Err(e) =
-                crate::procs::wait_ok(dp.target(arm), "/", Duration::from_secs(30)).await
+                crate::procs::wait_ok(dp.target(arm, Service::Http), "/", Duration::from_secs(30))
+                    .await
         {
             let reason = format!("{} never routed to the upstream: {e:#}", arm.label());
-            match arm {
-                Arm::Mizzen => dp.mizzen_error = Some(reason),
-                _ => dp.envoy_error = Some(reason),
-            }
-            if arm == Arm::Mizzen {
-                dp.mizzen = None;
-            } else if let Some(envoy) = dp.envoy.take() {
-                envoy.stop().await;
-            }
+            dp.drop_proxy(arm, reason).await;
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -447,7 +558,7 @@ async fn data_plane(
     if let Some(seconds) = opts.profile_seconds {
         eprintln!("-- profiling mizzen-proxy under wrk for {seconds} s");
         report.profile = Some(match dp.proxy_pid(Arm::Mizzen) {
-            Some(pid) => profile(opts, pid, dp.target(Arm::Mizzen), seconds).await,
+            Some(pid) => profile(opts, pid, dp.target(Arm::Mizzen, Service::Http), seconds).await,
             None => Profile {
                 error: Some("mizzen-proxy is not running".to_owned()),
                 ..Default::default()
@@ -455,14 +566,134 @@ async fn data_plane(
         });
     }
 
-    if let Some(m) = dp.mizzen.take() {
-        m.process.stop().await;
+    dp.stop().await;
+    Ok(())
+}
+
+/// Starts mizzen-proxy (`node`, log name) and Envoy for `envoy_node`; a
+/// proxy that does not start is recorded, not fatal.
+async fn start_proxies(
+    bins: &Binaries,
+    pilot: &Pilot,
+    log_dir: &Path,
+    (mizzen_node, mizzen_name): (&mizzen_xds::client::Node, &str),
+    envoy_node: &mizzen_xds::client::Node,
+) -> (
+    Option<MizzenProxy>,
+    Option<String>,
+    Option<EnvoyProxy>,
+    Option<String>,
+) {
+    let ip_of = |node: &mizzen_xds::client::Node| {
+        node.id
+            .split('~')
+            .nth(1)
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+            .expect("node ids carry the proxy's address")
+    };
+    let (mizzen, mizzen_error) = match MizzenProxy::start(
+        bins,
+        pilot,
+        mizzen_node,
+        ip_of(mizzen_node),
+        log_dir,
+        mizzen_name,
+    )
+    .await
+    {
+        Ok(m) => (Some(m), None),
+        Err(e) => (None, Some(format!("mizzen-proxy did not start: {e:#}"))),
+    };
+    let (envoy, envoy_error) =
+        match EnvoyProxy::start(bins, pilot, envoy_node, ip_of(envoy_node)).await {
+            Ok(e) => (Some(e), None),
+            Err(e) => (None, Some(format!("Envoy did not start: {e:#}"))),
+        };
+    (mizzen, mizzen_error, envoy, envoy_error)
+}
+
+/// Raw TCP through sidecars: a sink and an echo server behind a Service
+/// with two `tcp-*` ports; each proxy is a sidecar (`INTERCEPTION_MODE=NONE`)
+/// that the pilot gives a TCP proxy listener per port on its own address.
+async fn tcp_data_plane(
+    opts: &Options,
+    bins: &Binaries,
+    log_dir: &Path,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let config_dir = opts.work_dir.join("config-tcp");
+    recreate_dir(&config_dir)?;
+    let upstream_ip = mizzen_testkit::free_loopback_ip();
+    let sink = SocketAddr::from((upstream_ip, mizzen_testkit::net::free_port_on(upstream_ip)));
+    let echo = SocketAddr::from((upstream_ip, mizzen_testkit::net::free_port_on(upstream_ip)));
+    if sink == echo {
+        bail!("no two free ports on {upstream_ip}");
     }
-    if let Some(e) = dp.envoy.take() {
-        e.stop().await;
+    meshgen::write_atomically(
+        &config_dir.join("bench-tcp.yaml"),
+        &meshgen::bench_tcp_yaml(upstream_ip, sink.port(), echo.port()),
+    )?;
+    let pilot = Pilot::start(bins, &config_dir, log_dir, "pilot-tcp").await?;
+    let upstream = crate::procs::start_tcp_upstream(bins, sink, echo, log_dir).await?;
+    let mizzen_ip = mizzen_testkit::free_loopback_ip();
+    let envoy_ip = mizzen_testkit::free_loopback_ip();
+    let (mizzen, mizzen_error, envoy, envoy_error) = start_proxies(
+        bins,
+        &pilot,
+        log_dir,
+        (
+            &meshgen::tcp_client_node(mizzen_ip, "mizzen-tcp-sidecar"),
+            "mizzen-proxy-tcp-sidecar",
+        ),
+        &meshgen::tcp_client_node(envoy_ip, "envoy-tcp-sidecar"),
+    )
+    .await;
+    let port = |ip: Ipv4Addr, port: u16| SocketAddr::from((ip, port));
+    let mut dp = DataPlane {
+        upstream,
+        pilot,
+        mizzen,
+        envoy,
+        mizzen_error,
+        envoy_error,
+        targets: vec![
+            (
+                Service::TcpSink,
+                [
+                    sink,
+                    port(mizzen_ip, TCP_SINK_PORT),
+                    port(envoy_ip, TCP_SINK_PORT),
+                ],
+            ),
+            (
+                Service::TcpEcho,
+                [
+                    echo,
+                    port(mizzen_ip, TCP_ECHO_PORT),
+                    port(envoy_ip, TCP_ECHO_PORT),
+                ],
+            ),
+        ],
+    };
+    // A proxy is ready before its listeners and clusters are: wait for an
+    // echo through it. The sink's listener comes in the same update.
+    for arm in [Arm::Mizzen, Arm::Envoy] {
+        if dp.check(arm).is_ok()
+            && let Err(e) =
+                crate::tcp::wait_echo(dp.target(arm, Service::TcpEcho), Duration::from_secs(30))
+                    .await
+        {
+            let reason = format!("{} never proxied to the TCP upstream: {e:#}", arm.label());
+            dp.drop_proxy(arm, reason).await;
+        }
     }
-    dp.upstream.stop().await;
-    dp.pilot.process.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for spec in tcp_scenario_specs(opts) {
+        eprintln!("-- {}", spec.title);
+        let scenario = run_scenario(opts, bins, &mut dp, &spec).await;
+        report.scenarios.push(scenario);
+    }
+    dp.stop().await;
     Ok(())
 }
 
@@ -520,6 +751,7 @@ async fn run_scenario(
         title: spec.title.clone(),
         kind: spec.kind(),
         arms,
+        ratios: Vec::new(),
     };
     scenario.summarize();
     scenario
@@ -542,7 +774,12 @@ fn describe(s: &Sample) -> String {
     if let Some(e) = &s.error {
         return format!("FAILED: {e}");
     }
-    let mut text = format!("{:.0} req/s", s.rate);
+    // Stream samples have bytes and no rate; echo samples have both.
+    let mut text = match s.bytes_per_second {
+        Some(b) if s.rate == 0.0 => format!("{:.2} GiB/s", b / (1u64 << 30) as f64),
+        Some(_) => format!("{:.0} round trips/s", s.rate),
+        None => format!("{:.0} req/s", s.rate),
+    };
     if let Some(l) = s.latency_us {
         text.push_str(&format!(
             ", p50 {:.0} µs p99 {:.0} µs p99.9 {:.0} µs",
@@ -557,6 +794,9 @@ fn describe(s: &Sample) -> String {
     }
     if let Some(c) = s.proxy_cpu_us_per_request {
         text.push_str(&format!(" ({c:.1} µs/req)"));
+    }
+    if let Some(b) = s.bytes_per_proxy_cpu_second {
+        text.push_str(&format!(" ({:.2} GiB per CPU-s)", b / (1u64 << 30) as f64));
     }
     text.push_str(&format!(", other {:.3} cores", s.other_cores));
     if s.other_cores > 0.05 && !s.other_top.is_empty() {
@@ -584,9 +824,10 @@ async fn measure(
         sample.error = Some(reason);
         return sample;
     }
-    let target = dp.target(arm);
+    let target = dp.target(arm, spec.load.service());
     let proxy_pid = dp.proxy_pid(arm);
     let result = match spec.load {
+        Load::Tcp(mode) => tcp_load(opts, bins, dp, target, mode, proxy_pid).await,
         Load::Paced { rate } => paced(opts, bins, dp, target, rate).await,
         Load::Wrk => closed_loop(dp, Tool::wrk(target, opts.connections, opts.duration)).await,
         Load::H2load => {
@@ -615,7 +856,7 @@ async fn measure(
     sample.steal_cores = cpu.steal_cores;
     sample.load_tool_cores = cpu.of(tool_pid);
     sample.upstream_cores = cpu.of(dp.upstream.pid());
-    match outcome {
+    match &outcome {
         Outcome::Paced(load) => {
             sample.rate = load.achieved_rate;
             sample.ok = load.ok;
@@ -641,13 +882,44 @@ async fn measure(
                 sample.error = Some(format!("{} of {} requests failed", t.failed, total));
             }
         }
+        Outcome::Tcp(mode, t) => {
+            sample.bytes_per_second = Some(t.bytes_per_second);
+            sample.failed = t.errors;
+            if *mode == TcpMode::Echo {
+                sample.rate = t.round_trips_per_second;
+                sample.ok = t.round_trips;
+                sample.closed_loop_p99_us = t.round_trip_us.map(|p| p.p99);
+            }
+            // A TCP proxy has no reason to break a connection here.
+            if t.errors > 0 || t.bytes == 0 {
+                sample.error = Some(format!(
+                    "{} of {} connections failed ({}), {} bytes sent",
+                    t.errors,
+                    t.connections,
+                    t.first_error.as_deref().unwrap_or("no error"),
+                    t.bytes
+                ));
+            }
+        }
     }
     if let Some(pid) = proxy_pid {
-        let cores = cpu.of(pid);
+        // The TCP client reads the proxy's CPU over exactly its counted
+        // window; the other loads are timed from outside.
+        let cores = match &outcome {
+            Outcome::Tcp(_, t) => t
+                .cpu_seconds
+                .iter()
+                .find(|(p, _)| *p == pid)
+                .map_or_else(|| cpu.of(pid), |(_, secs)| secs / t.seconds),
+            _ => cpu.of(pid),
+        };
         sample.proxy_cores = Some(cores);
         if sample.rate > 0.0 && cores > 0.0 {
             sample.proxy_cpu_us_per_request = Some(cores / sample.rate * 1e6);
             sample.requests_per_proxy_cpu_second = Some(sample.rate / cores);
+        }
+        if let (Outcome::Tcp(TcpMode::Stream, t), true) = (&outcome, cores > 0.0) {
+            sample.bytes_per_proxy_cpu_second = Some(t.bytes_per_second / cores);
         }
     }
     // A proxy that died under load fails this sample, not only the next.
@@ -662,6 +934,7 @@ async fn measure(
 enum Outcome {
     Paced(LoadReport),
     Max(Throughput),
+    Tcp(TcpMode, TcpLoadReport),
 }
 
 /// Runs `mizzen-bench load` as its own process and reads its JSON report.
@@ -710,6 +983,67 @@ async fn paced(
     let load: LoadReport =
         serde_json::from_slice(&output.stdout).context("the load generator's report")?;
     Ok((Outcome::Paced(load), cpu, pid))
+}
+
+/// Runs `mizzen-bench tcp-load` as its own process, watching the proxy's
+/// CPU from inside it, and reads its JSON report.
+async fn tcp_load(
+    opts: &Options,
+    bins: &Binaries,
+    dp: &DataPlane,
+    target: SocketAddr,
+    mode: TcpMode,
+    proxy_pid: Option<u32>,
+) -> anyhow::Result<(Outcome, CpuUse, u32)> {
+    let (connections, message_bytes) = match mode {
+        TcpMode::Stream => (opts.tcp_stream_connections, opts.tcp_stream_write_bytes),
+        TcpMode::Echo => (opts.tcp_echo_connections, opts.tcp_echo_bytes),
+    };
+    let mut command = Command::new(&bins.harness);
+    command
+        .arg("tcp-load")
+        .arg("--target")
+        .arg(target.to_string())
+        .arg("--mode")
+        .arg(match mode {
+            TcpMode::Stream => "stream",
+            TcpMode::Echo => "echo",
+        })
+        .arg("--connections")
+        .arg(connections.to_string())
+        .arg("--message-bytes")
+        .arg(message_bytes.to_string())
+        .arg("--warmup-ms")
+        .arg(opts.tcp_warmup.as_millis().to_string())
+        .arg("--duration-ms")
+        .arg(opts.tcp_duration.as_millis().to_string());
+    if let Some(pid) = proxy_pid {
+        command.arg("--cpu-pid").arg(pid.to_string());
+    }
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = command.spawn().context("cannot start the TCP load")?;
+    let pid = child.id().unwrap_or(0);
+    let mut pids = dp.pids();
+    pids.push(pid);
+    let window = CpuWindow::start(&pids);
+    let limit = opts.tcp_warmup + opts.tcp_duration + Duration::from_secs(15);
+    let output = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .context("the TCP load overran its time limit")??;
+    let cpu = window.finish();
+    if !output.status.success() {
+        bail!(
+            "TCP load failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let report: TcpLoadReport =
+        serde_json::from_slice(&output.stdout).context("the TCP load's report")?;
+    Ok((Outcome::Tcp(mode, report), cpu, pid))
 }
 
 async fn closed_loop(dp: &DataPlane, mut tool: Tool) -> anyhow::Result<(Outcome, CpuUse, u32)> {
@@ -1254,5 +1588,11 @@ mod tests {
         assert_eq!(full.mesh.services * full.mesh.endpoints_per_service, 5000);
         assert_eq!(full.scale_proxies, 1000);
         assert_eq!(scenario_specs(&full).len(), 4);
+        assert!(quick.tcp_duration < full.tcp_duration);
+        let tcp: Vec<String> = tcp_scenario_specs(&full)
+            .iter()
+            .map(|s| s.id.clone())
+            .collect();
+        assert_eq!(tcp, ["tcp_stream", "tcp_echo"]);
     }
 }

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::bench::{self, Options};
 use crate::load::{self, LoadOptions};
 use crate::meshgen::{self, MeshSize};
+use crate::tcp::{TcpLoadOptions, TcpMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,7 +25,10 @@ pub struct Cli {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Phase {
+    /// HTTP through gateways.
     DataPlane,
+    /// Raw TCP through sidecars.
+    Tcp,
     Memory,
     Pilot,
 }
@@ -54,6 +58,9 @@ pub enum Command {
         /// Seconds per measurement.
         #[arg(long)]
         seconds: Option<u64>,
+        /// Seconds per raw TCP measurement (after its warm-up).
+        #[arg(long)]
+        tcp_seconds: Option<u64>,
         /// Paced rates, req/s (comma-separated).
         #[arg(long, value_delimiter = ',')]
         rates: Option<Vec<f64>>,
@@ -88,6 +95,33 @@ pub enum Command {
         /// Runtime worker threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+    },
+    /// Serve raw TCP: a sink that discards and an echo server.
+    TcpUpstream {
+        #[arg(long)]
+        sink: SocketAddr,
+        #[arg(long)]
+        echo: SocketAddr,
+    },
+    /// Closed-loop raw TCP load from one thread; prints a JSON report.
+    TcpLoad {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, value_enum)]
+        mode: TcpMode,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Stream: bytes per write; echo: bytes per message.
+        #[arg(long, default_value_t = 65536)]
+        message_bytes: usize,
+        #[arg(long, default_value_t = 500)]
+        warmup_ms: u64,
+        #[arg(long, default_value_t = 2000)]
+        duration_ms: u64,
+        /// Report this process's CPU-seconds over the counted window
+        /// (repeatable).
+        #[arg(long)]
+        cpu_pid: Vec<u32>,
     },
     /// Constant-rate HTTP/1.1 load; prints a JSON report.
     Load {
@@ -136,6 +170,7 @@ pub fn main() -> ExitCode {
             profile,
             reps,
             seconds,
+            tcp_seconds,
             rates,
             services,
             proxies,
@@ -165,6 +200,9 @@ pub fn main() -> ExitCode {
             if let Some(s) = seconds {
                 opts.duration = Duration::from_secs(s.max(1));
             }
+            if let Some(s) = tcp_seconds {
+                opts.tcp_duration = Duration::from_secs(s.max(1));
+            }
             if let Some(r) = rates {
                 opts.rates = r;
             }
@@ -182,6 +220,7 @@ pub fn main() -> ExitCode {
             }
             if let Some(only) = only {
                 opts.data_plane = only.contains(&Phase::DataPlane);
+                opts.tcp = only.contains(&Phase::Tcp);
                 opts.memory = only.contains(&Phase::Memory);
                 opts.pilot = only.contains(&Phase::Pilot);
             }
@@ -193,6 +232,28 @@ pub fn main() -> ExitCode {
             body_bytes,
             threads,
         } => crate::upstream::run(listen, body_bytes, threads),
+        Command::TcpUpstream { sink, echo } => crate::tcp::run_upstream(sink, echo),
+        Command::TcpLoad {
+            target,
+            mode,
+            connections,
+            message_bytes,
+            warmup_ms,
+            duration_ms,
+            cpu_pid,
+        } => crate::tcp::run_load(&TcpLoadOptions {
+            target,
+            mode,
+            connections,
+            message_bytes,
+            warmup: Duration::from_millis(warmup_ms),
+            duration: Duration::from_millis(duration_ms),
+            cpu_pids: cpu_pid,
+        })
+        .and_then(|report| {
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }),
         Command::Load {
             target,
             host,

@@ -103,6 +103,58 @@ spec:
     )
 }
 
+/// The TCP scenario's service: port [`TCP_SINK_PORT`] goes to a sink and
+/// [`TCP_ECHO_PORT`] to an echo server, both on the TCP upstream.
+pub const TCP_SERVICE: &str = "tcp-upstream";
+pub const TCP_SINK_PORT: u16 = 9000;
+pub const TCP_ECHO_PORT: u16 = 9001;
+/// The `app` label of the sidecars that reach the TCP service (no Service
+/// selects it, so they have no inbound listeners).
+pub const TCP_CLIENT_APP: &str = "tcp-client";
+
+/// A Service with two TCP ports (named `tcp-*`, so the pilot gives every
+/// sidecar a TCP proxy listener for each on its own address) whose one
+/// endpoint is the TCP upstream on `ip`, listening on `sink_port` and
+/// `echo_port`.
+pub fn bench_tcp_yaml(ip: Ipv4Addr, sink_port: u16, echo_port: u16) -> String {
+    format!(
+        r#"# The raw TCP benchmark: a sink and an echo server behind one Service.
+apiVersion: v1
+kind: Service
+metadata:
+  name: {TCP_SERVICE}
+  namespace: {NAMESPACE}
+spec:
+  selector:
+    app: {TCP_SERVICE}
+  ports:
+  - name: tcp-sink
+    port: {TCP_SINK_PORT}
+    targetPort: {sink_port}
+  - name: tcp-echo
+    port: {TCP_ECHO_PORT}
+    targetPort: {echo_port}
+---
+apiVersion: mizzen.io/v1alpha1
+kind: Workload
+metadata:
+  name: {TCP_SERVICE}
+  namespace: {NAMESPACE}
+  labels:
+    app: {TCP_SERVICE}
+spec:
+  address: {ip}
+  sidecar: false
+"#
+    )
+}
+
+/// The node of a sidecar on `ip` in front of a client of the TCP service
+/// (`INTERCEPTION_MODE=NONE`: its listeners bind its own address).
+pub fn tcp_client_node(ip: Ipv4Addr, name: &str) -> Node {
+    sidecar_node(ip, name, NAMESPACE, TCP_CLIENT_APP)
+}
+
 /// The node a gateway proxy on `ip` introduces itself with: a router in the
 /// benchmark namespace, with the gateway's label, binding its own address
 /// (`INTERCEPTION_MODE=NONE`).
@@ -367,6 +419,62 @@ mod tests {
             2,
             "an inbound listener and the outbound one"
         );
+    }
+
+    #[test]
+    fn sidecars_get_one_tcp_proxy_listener_per_tcp_port_on_their_own_address() {
+        use mizzen_pilot::config::ConfigStore;
+        use mizzen_pilot::model::Model;
+        use mizzen_pilot::node::ProxyNode;
+        use mizzen_pilot::translate::generate;
+        use mizzen_xds::pb::envoy::config::listener::v3::{Listener, filter};
+        use mizzen_xds::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+            TcpProxy, tcp_proxy,
+        };
+        use mizzen_xds::type_url;
+
+        let dir = tempfile::tempdir().unwrap();
+        let upstream = Ipv4Addr::new(127, 20, 0, 1);
+        write_atomically(
+            &dir.path().join("tcp.yaml"),
+            &bench_tcp_yaml(upstream, 40_000, 40_001),
+        )
+        .unwrap();
+        let mut store = ConfigStore::new(dir.path());
+        store.rescan();
+        let snapshot = store.snapshot();
+        assert!(snapshot.problems.is_empty(), "{:?}", snapshot.problems);
+        let model = Model::build(&snapshot, "cluster.local");
+        assert!(model.warnings.is_empty(), "{:?}", model.warnings);
+
+        let ip = Ipv4Addr::new(127, 20, 0, 2);
+        let node = ProxyNode::from_node(&tcp_client_node(ip, "c").to_proto()).unwrap();
+        let listeners = generate(&model, &node, type_url::LISTENER, &[]);
+        for (port, target) in [(TCP_SINK_PORT, 40_000), (TCP_ECHO_PORT, 40_001)] {
+            let name = format!("{ip}_{port}");
+            let resource = listeners
+                .iter()
+                .find(|l| l.name == name)
+                .unwrap_or_else(|| panic!("no listener {name}"));
+            let listener: Listener = mizzen_xds::unpack(&resource.body).unwrap();
+            assert_eq!(listener.filter_chains.len(), 1);
+            let f = &listener.filter_chains[0].filters[0];
+            let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                panic!("{f:?}")
+            };
+            let tcp: TcpProxy = mizzen_xds::unpack(any).unwrap();
+            let cluster = format!("outbound|{port}||{TCP_SERVICE}.{NAMESPACE}.{DOMAIN}");
+            assert_eq!(
+                tcp.cluster_specifier,
+                Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.clone()))
+            );
+            let cla = generate(&model, &node, type_url::ENDPOINT, &[cluster]);
+            let cla: mizzen_xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
+                mizzen_xds::unpack(&cla[0].body).unwrap();
+            let text = format!("{cla:?}");
+            assert!(text.contains(&upstream.to_string()), "{text}");
+            assert!(text.contains(&target.to_string()), "{text}");
+        }
     }
 
     #[test]

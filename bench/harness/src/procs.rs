@@ -1,5 +1,5 @@
 //! Starting and stopping the programs under test: mizzen-pilot,
-//! mizzen-proxy, Envoy and the upstream.
+//! mizzen-proxy, Envoy and the upstreams.
 //!
 //! Every child is killed when its handle is dropped, so an error, a panic or
 //! Ctrl-C (which drops the whole run) leaves nothing behind. Output goes to
@@ -360,6 +360,28 @@ pub async fn start_upstream(
         .arg(body_bytes.to_string());
     let mut process = Managed::spawn("upstream", &mut command, log_dir)?;
     let ready = wait_ok(listen, "/", Duration::from_secs(10)).await;
+    process.check_alive()?;
+    ready?;
+    Ok(process)
+}
+
+/// The TCP upstream, run as `mizzen-bench tcp-upstream`: a sink on
+/// `sink` and an echo server on `echo`.
+pub async fn start_tcp_upstream(
+    bins: &Binaries,
+    sink: SocketAddr,
+    echo: SocketAddr,
+    log_dir: &Path,
+) -> anyhow::Result<Managed> {
+    let mut command = Command::new(&bins.harness);
+    command
+        .arg("tcp-upstream")
+        .arg("--sink")
+        .arg(sink.to_string())
+        .arg("--echo")
+        .arg(echo.to_string());
+    let mut process = Managed::spawn("tcp-upstream", &mut command, log_dir)?;
+    let ready = crate::tcp::wait_echo(echo, Duration::from_secs(10)).await;
     process.check_alive()?;
     ready?;
     Ok(process)

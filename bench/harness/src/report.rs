@@ -35,10 +35,17 @@ impl Arm {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Sample {
     pub rep: usize,
-    /// Good responses per second.
+    /// Good responses per second (TCP echo: round trips per second; TCP
+    /// stream: 0, see `bytes_per_second`).
     pub rate: f64,
+    /// Good responses (TCP echo: round trips).
     pub ok: u64,
+    /// Failed requests (TCP: broken connections).
     pub failed: u64,
+    /// TCP: bytes the client sent per second.
+    pub bytes_per_second: Option<f64>,
+    /// TCP stream: bytes per second divided by the proxy's cores.
+    pub bytes_per_proxy_cpu_second: Option<f64>,
     /// Paced runs: corrected latency.
     pub latency_us: Option<Percentiles>,
     /// Closed-loop runs: the tool's own p99 latency when it reports one
@@ -80,6 +87,8 @@ pub struct Summary {
     pub proxy_cores: Option<f64>,
     pub proxy_cpu_us_per_request: Option<f64>,
     pub requests_per_proxy_cpu_second: Option<f64>,
+    pub bytes_per_second: Option<f64>,
+    pub bytes_per_proxy_cpu_second: Option<f64>,
 }
 
 impl Summary {
@@ -108,6 +117,8 @@ impl Summary {
             proxy_cores: opt(|s| s.proxy_cores),
             proxy_cpu_us_per_request: opt(|s| s.proxy_cpu_us_per_request),
             requests_per_proxy_cpu_second: opt(|s| s.requests_per_proxy_cpu_second),
+            bytes_per_second: opt(|s| s.bytes_per_second),
+            bytes_per_proxy_cpu_second: opt(|s| s.bytes_per_proxy_cpu_second),
         })
     }
 }
@@ -128,6 +139,18 @@ pub enum ScenarioKind {
     Paced,
     /// Closed loop, maximum throughput.
     Max,
+    /// Raw TCP, bulk bytes one way as fast as they go.
+    TcpStream,
+    /// Raw TCP, small messages echoed back, one in flight per connection.
+    TcpEcho,
+}
+
+/// The ratios of one table row, kept in the JSON beside the medians.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricRatios {
+    pub metric: String,
+    pub mizzen_vs_envoy: Option<f64>,
+    pub mizzen_vs_direct: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,6 +159,10 @@ pub struct Scenario {
     pub title: String,
     pub kind: ScenarioKind,
     pub arms: Vec<ArmResult>,
+    /// mizzen/envoy and mizzen/direct of each row of the scenario's table,
+    /// from the medians.
+    #[serde(default)]
+    pub ratios: Vec<MetricRatios>,
 }
 
 impl Scenario {
@@ -171,6 +198,16 @@ impl Scenario {
             arm.summary = Summary::of(&arm.samples);
             arm.failure = arm.samples.iter().find_map(|s| s.error.clone());
         }
+        let mut rows = Vec::new();
+        scenario_rows(self, &mut rows);
+        self.ratios = rows
+            .into_iter()
+            .map(|r| MetricRatios {
+                metric: r.metric,
+                mizzen_vs_envoy: r.mizzen_vs_envoy,
+                mizzen_vs_direct: r.mizzen_vs_direct,
+            })
+            .collect();
     }
 }
 
@@ -260,6 +297,20 @@ pub struct Settings {
     pub rates: Vec<f64>,
     pub pinning: String,
     pub contamination_threshold_cores: f64,
+    /// The raw TCP scenarios, when they ran.
+    #[serde(default)]
+    pub tcp: Option<TcpSettings>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TcpSettings {
+    pub seconds_per_measurement: f64,
+    pub warmup_seconds: f64,
+    pub stream_connections: usize,
+    /// Size of each write of the stream client.
+    pub stream_write_bytes: usize,
+    pub echo_connections: usize,
+    pub echo_message_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -279,6 +330,9 @@ pub struct Report {
     pub not_measured: Vec<NotMeasured>,
     pub profile: Option<Profile>,
     pub warnings: Vec<String>,
+    /// Wall time of each phase of the run, seconds.
+    #[serde(default)]
+    pub phase_seconds: Vec<(String, f64)>,
 }
 
 fn fmt_num(v: f64) -> String {
@@ -428,11 +482,24 @@ fn scenario_rows(s: &Scenario, rows: &mut Vec<Row>) {
                 mizzen_vs_direct: None,
             });
         }
-        ScenarioKind::Max => {
+        ScenarioKind::Max | ScenarioKind::TcpEcho => {
+            let (per_second, p99_label, per_cpu_second) = if s.kind == ScenarioKind::Max {
+                (
+                    "req/s",
+                    "p99 latency (closed loop), ms",
+                    "req per proxy CPU-second",
+                )
+            } else {
+                (
+                    "round trips/s",
+                    "p99 round trip (closed loop), ms",
+                    "round trips per proxy CPU-second",
+                )
+            };
             let rate = |arm: Arm| summary(arm).map(|x| x.rate);
             rows.push(Row {
                 scenario: label(),
-                metric: "req/s".into(),
+                metric: per_second.into(),
                 cells: Arm::ALL.map(|a| cell_or_failure(a, rate(a).map(fmt_num))),
                 mizzen_vs_envoy: ratio(rate(Arm::Mizzen), rate(Arm::Envoy)),
                 mizzen_vs_direct: ratio(rate(Arm::Mizzen), rate(Arm::Direct)),
@@ -441,30 +508,77 @@ fn scenario_rows(s: &Scenario, rows: &mut Vec<Row>) {
             if Arm::ALL.iter().any(|&a| p99(a).is_some()) {
                 rows.push(Row {
                     scenario: label(),
-                    metric: "p99 latency (closed loop), ms".into(),
+                    metric: p99_label.into(),
                     cells: Arm::ALL.map(|a| fmt_opt(p99(a), fmt_ms)),
                     mizzen_vs_envoy: ratio(p99(Arm::Mizzen), p99(Arm::Envoy)),
                     mizzen_vs_direct: ratio(p99(Arm::Mizzen), p99(Arm::Direct)),
                 });
             }
-            let cores = |arm: Arm| summary(arm).and_then(|x| x.proxy_cores);
-            rows.push(Row {
-                scenario: label(),
-                metric: "proxy CPU, cores".into(),
-                cells: Arm::ALL.map(|a| fmt_opt(cores(a), |v| format!("{v:.2}"))),
-                mizzen_vs_envoy: ratio(cores(Arm::Mizzen), cores(Arm::Envoy)),
-                mizzen_vs_direct: None,
-            });
+            proxy_cores_row(rows, &mut label, summary);
+            if s.kind == ScenarioKind::TcpEcho {
+                let cpu = |arm: Arm| summary(arm).and_then(|x| x.proxy_cpu_us_per_request);
+                rows.push(Row {
+                    scenario: label(),
+                    metric: "proxy CPU per round trip, µs".into(),
+                    cells: Arm::ALL.map(|a| fmt_opt(cpu(a), fmt_num)),
+                    mizzen_vs_envoy: ratio(cpu(Arm::Mizzen), cpu(Arm::Envoy)),
+                    mizzen_vs_direct: None,
+                });
+            }
             let per_cpu = |arm: Arm| summary(arm).and_then(|x| x.requests_per_proxy_cpu_second);
             rows.push(Row {
                 scenario: label(),
-                metric: "req per proxy CPU-second".into(),
+                metric: per_cpu_second.into(),
+                cells: Arm::ALL.map(|a| fmt_opt(per_cpu(a), fmt_num)),
+                mizzen_vs_envoy: ratio(per_cpu(Arm::Mizzen), per_cpu(Arm::Envoy)),
+                mizzen_vs_direct: None,
+            });
+        }
+        ScenarioKind::TcpStream => {
+            let gib = |arm: Arm| {
+                summary(arm)
+                    .and_then(|x| x.bytes_per_second)
+                    .map(|b| b / GIB)
+            };
+            rows.push(Row {
+                scenario: label(),
+                metric: "throughput, GiB/s".into(),
+                cells: Arm::ALL.map(|a| cell_or_failure(a, gib(a).map(fmt_num))),
+                mizzen_vs_envoy: ratio(gib(Arm::Mizzen), gib(Arm::Envoy)),
+                mizzen_vs_direct: ratio(gib(Arm::Mizzen), gib(Arm::Direct)),
+            });
+            proxy_cores_row(rows, &mut label, summary);
+            let per_cpu = |arm: Arm| {
+                summary(arm)
+                    .and_then(|x| x.bytes_per_proxy_cpu_second)
+                    .map(|b| b / GIB)
+            };
+            rows.push(Row {
+                scenario: label(),
+                metric: "GiB per proxy CPU-second".into(),
                 cells: Arm::ALL.map(|a| fmt_opt(per_cpu(a), fmt_num)),
                 mizzen_vs_envoy: ratio(per_cpu(Arm::Mizzen), per_cpu(Arm::Envoy)),
                 mizzen_vs_direct: None,
             });
         }
     }
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+fn proxy_cores_row<'a>(
+    rows: &mut Vec<Row>,
+    label: &mut impl FnMut() -> String,
+    summary: impl Fn(Arm) -> Option<&'a Summary>,
+) {
+    let cores = |arm: Arm| summary(arm).and_then(|x| x.proxy_cores);
+    rows.push(Row {
+        scenario: label(),
+        metric: "proxy CPU, cores".into(),
+        cells: Arm::ALL.map(|a| fmt_opt(cores(a), |v| format!("{v:.2}"))),
+        mizzen_vs_envoy: ratio(cores(Arm::Mizzen), cores(Arm::Envoy)),
+        mizzen_vs_direct: None,
+    });
 }
 
 /// A memory or timing row; a missing figure of a proxy whose measurement
@@ -521,6 +635,29 @@ impl Report {
             self.settings.pinning,
             self.wall_seconds
         );
+        if let Some(t) = &self.settings.tcp {
+            let _ = writeln!(
+                out,
+                "Raw TCP: {} repetitions × {:.0} s per arm after {:.1} s of warm-up; stream: {} \
+                 connections writing {} KiB at a time into a sink; echo: {} connections, one {} B \
+                 message in flight each; proxies as sidecars with a TCP proxy listener each.\n",
+                self.settings.repetitions,
+                t.seconds_per_measurement,
+                t.warmup_seconds,
+                t.stream_connections,
+                t.stream_write_bytes / 1024,
+                t.echo_connections,
+                t.echo_message_bytes
+            );
+        }
+        if !self.phase_seconds.is_empty() {
+            let phases: Vec<String> = self
+                .phase_seconds
+                .iter()
+                .map(|(name, secs)| format!("{name} {secs:.0} s"))
+                .collect();
+            let _ = writeln!(out, "Phases: {}.\n", phases.join(", "));
+        }
         let _ = writeln!(out, "## Data plane\n");
         let _ = writeln!(
             out,
@@ -608,7 +745,10 @@ impl Report {
              parentheses; *mizzen/envoy* compares added latency, *mizzen/direct* absolute latency. \
              Paced runs use a constant-rate generator with coordinated-omission correction \
              (`mizzen-bench load`); max throughput uses `wrk -t1` (HTTP/1.1) and `h2load -t1` (h2c, \
-             multiplexed). Proxy CPU comes from `/proc/PID/stat` (user + system) over the run.\n"
+             multiplexed). Raw TCP uses `mizzen-bench tcp-load` (one thread): *stream* writes into a \
+             sink that discards, *echo* bounces small messages (one in flight per connection); its \
+             proxy CPU covers exactly the counted window. Proxy CPU comes from `/proc/PID/stat` \
+             (user + system) over the run.\n"
         );
         self.pilot_markdown(&mut out);
         self.contamination_markdown(&mut out);
@@ -841,6 +981,7 @@ mod tests {
                 arm(Arm::Mizzen, vec![paced(1, 100.0), paced(0, 90.0)]),
                 arm(Arm::Envoy, vec![paced(0, 200.0)]),
             ],
+            ratios: Vec::new(),
         };
         scenario.summarize();
         let mizzen = scenario.arm(Arm::Mizzen).unwrap();
@@ -874,6 +1015,71 @@ mod tests {
     }
 
     #[test]
+    fn tcp_stream_rows_and_ratios() {
+        let gib = GIB;
+        let stream = |rep: usize, bps: f64, cores: Option<f64>| Sample {
+            rep,
+            bytes_per_second: Some(bps),
+            proxy_cores: cores,
+            bytes_per_proxy_cpu_second: cores.map(|c| bps / c),
+            ..Default::default()
+        };
+        let arm = |arm: Arm, samples: Vec<Sample>| ArmResult {
+            arm,
+            samples,
+            summary: None,
+            failure: None,
+        };
+        let mut scenario = Scenario {
+            id: "tcp_stream".into(),
+            title: "raw TCP stream".into(),
+            kind: ScenarioKind::TcpStream,
+            arms: vec![
+                arm(Arm::Direct, vec![stream(0, 8.0 * gib, None)]),
+                arm(
+                    Arm::Mizzen,
+                    vec![
+                        stream(0, 2.0 * gib, Some(1.0)),
+                        stream(1, 4.0 * gib, Some(1.0)),
+                    ],
+                ),
+                arm(Arm::Envoy, vec![stream(0, 1.5 * gib, Some(1.0))]),
+            ],
+            ratios: Vec::new(),
+        };
+        scenario.summarize();
+        let mut rows = Vec::new();
+        scenario_rows(&scenario, &mut rows);
+        let mut text = String::new();
+        for r in &rows {
+            r.render(&mut text);
+        }
+        assert!(
+            text.starts_with(
+                "| raw TCP stream | throughput, GiB/s | 8.00 | 3.00 | 1.50 | 2.00× | 0.38× |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("| GiB per proxy CPU-second | – | 3.00 | 1.50 | 2.00× | – |"),
+            "{text}"
+        );
+        assert_eq!(
+            scenario.ratios[0],
+            MetricRatios {
+                metric: "throughput, GiB/s".into(),
+                mizzen_vs_envoy: Some(2.0),
+                mizzen_vs_direct: Some(0.375),
+            }
+        );
+        // Results written before the field existed still read.
+        let mut json = serde_json::to_value(&scenario).unwrap();
+        json.as_object_mut().unwrap().remove("ratios");
+        let back: Scenario = serde_json::from_value(json).unwrap();
+        assert!(back.ratios.is_empty());
+    }
+
+    #[test]
     fn failed_arms_show_as_failed_in_the_table() {
         let arm = |arm: Arm, samples: Vec<Sample>| ArmResult {
             arm,
@@ -893,6 +1099,7 @@ mod tests {
                 ),
                 arm(Arm::Envoy, vec![sample(500.0, 1.0, None)]),
             ],
+            ratios: Vec::new(),
         };
         let mut rows = Vec::new();
         scenario_rows(&scenario, &mut rows);

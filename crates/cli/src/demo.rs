@@ -24,10 +24,16 @@ pub const CONFIG_FILES: [(&str, &str); 4] = [
     ),
 ];
 /// Files for the walkthrough's later steps, applied by the user.
-pub const EXAMPLE_FILES: [(&str, &str); 1] = [(
-    "service-c-route.yaml",
-    include_str!("../demo/service-c-route.yaml"),
-)];
+pub const EXAMPLE_FILES: [(&str, &str); 2] = [
+    (
+        "service-c-route.yaml",
+        include_str!("../demo/service-c-route.yaml"),
+    ),
+    (
+        "peer-auth-strict.yaml",
+        include_str!("../demo/peer-auth-strict.yaml"),
+    ),
+];
 
 /// The port every demo app listens on (the Services' target port).
 const APP_PORT: u16 = 8080;
@@ -136,6 +142,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                 8080,
             )],
             network: Default::default(),
+            ca_dir: Some(options.dir.join("ca")),
         })
         .await?;
         let run_file =
@@ -152,6 +159,19 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         );
         print_tour(&examples);
         println!("  mizzen exec service-b -- curl -s http://service-c/");
+        println!(
+            "Sidecars talk mutual TLS; the legacy pod (no sidecar) still gets through in plain text:"
+        );
+        println!(
+            "  mizzen exec legacy -- curl -s http://service-a.istioinaction.svc.cluster.local/"
+        );
+        println!(
+            "Require mutual TLS in istioinaction; the legacy pod is then refused (curl exit 56):"
+        );
+        println!(
+            "  mizzen apply -f {}",
+            examples.join("peer-auth-strict.yaml").display()
+        );
         println!("Ctrl-C stops the mesh and removes the pods.");
         tokio::signal::ctrl_c().await?;
         println!("stopping");
@@ -164,6 +184,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         xds_address: options.xds_address,
         debug_address: options.debug_address,
         apps: apps()?,
+        ca_dir: Some(options.dir.join("ca")),
+        ca_address: SocketAddr::from(([127, 0, 0, 1], 15012)),
     })
     .await?;
     mesh.register(&config_dir)?;

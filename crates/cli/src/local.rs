@@ -14,12 +14,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use mizzen_identity::auth::StaticTokens;
+use mizzen_identity::workload::TokenSource;
+use mizzen_identity::{CertificateManager, Identity};
 use mizzen_pilot::config::ConfigStore;
 use mizzen_pilot::model::{Model, Workload};
 use mizzen_pilot::{Pilot, PilotOptions};
 use mizzen_proxy::{Proxy, ProxyOptions};
 use mizzen_testkit::demo_app::{self, AppConfig, AppHandle};
 use mizzen_xds::client::Node;
+use std::sync::Arc;
 
 /// Admin port of every proxy, on its own address.
 const ADMIN_PORT: u16 = 15000;
@@ -40,6 +44,26 @@ pub struct LocalOptions {
     pub debug_address: SocketAddr,
     /// Apps by workload name (`namespace/name`).
     pub apps: BTreeMap<String, AppSpec>,
+    /// The mesh CA's directory: with one, the pilot runs the CA on
+    /// `ca_address`, every proxy gets a workload certificate and the mesh
+    /// runs mutual TLS.
+    pub ca_dir: Option<PathBuf>,
+    pub ca_address: SocketAddr,
+}
+
+impl LocalOptions {
+    /// Ephemeral ports on 127.0.0.1, no apps, no CA.
+    pub fn new(config_dir: impl Into<PathBuf>) -> LocalOptions {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        LocalOptions {
+            config_dir: config_dir.into(),
+            xds_address: any,
+            debug_address: any,
+            apps: BTreeMap::new(),
+            ca_dir: None,
+            ca_address: any,
+        }
+    }
 }
 
 /// A running local mesh.
@@ -77,6 +101,47 @@ fn gateway_kind(workload: &Workload) -> bool {
     )
 }
 
+/// The next loopback address for an app, unique in this process (several
+/// meshes may run in one, as in tests) and, when the app's port is known,
+/// free on this host (another process may run a mesh).
+fn next_app_host(port: Option<u16>) -> Ipv4Addr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(FIRST_APP_ADDRESS.to_bits());
+    loop {
+        let ip = Ipv4Addr::from(NEXT.fetch_add(1, Ordering::Relaxed));
+        if port.is_none_or(|port| std::net::TcpListener::bind((ip, port)).is_ok()) {
+            return ip;
+        }
+    }
+}
+
+/// The root bundle of the pilot's CA, if it runs one.
+fn pilot_ca(pilot: &Pilot) -> Option<String> {
+    pilot.ca().map(|ca| ca.root_bundle().to_string())
+}
+
+/// What a pod's pilot-agent does at start: a bootstrap token for the
+/// workload's service account, then a certificate from the pilot's CA over
+/// its TLS certificate service, renewed at half-life.
+async fn workload_certificate(
+    workload: &Workload,
+    tokens: &StaticTokens,
+    root_pem: &str,
+    ca_address: SocketAddr,
+) -> anyhow::Result<CertificateManager> {
+    let identity = Identity::in_default_domain(&workload.namespace, &workload.service_account)?;
+    let token = tokens.mint(identity.clone())?;
+    let manager = mizzen_identity::workload::start_remote(
+        &ca_address.to_string(),
+        root_pem,
+        TokenSource::from_token(token),
+        identity,
+        mizzen_pilot::DEFAULT_WORKLOAD_CERT_TTL,
+    )
+    .await?;
+    Ok(manager)
+}
+
 impl LocalMesh {
     pub async fn start(options: LocalOptions) -> anyhow::Result<LocalMesh> {
         let workloads = workloads(&options.config_dir)?;
@@ -90,9 +155,14 @@ impl LocalMesh {
                 );
             }
         }
+        let tokens = StaticTokens::new();
         let pilot = Pilot::start(PilotOptions {
             xds_address: options.xds_address,
             debug_address: options.debug_address,
+            ca: options.ca_dir.as_ref().map(|dir| mizzen_pilot::CaOptions {
+                address: options.ca_address,
+                ..mizzen_pilot::CaOptions::new(dir, tokens.clone())
+            }),
             ..PilotOptions::new(&options.config_dir)
         })
         .await?;
@@ -103,7 +173,6 @@ impl LocalMesh {
             apps: Vec::new(),
             run_file: None,
         };
-        let mut next_app = u32::from(FIRST_APP_ADDRESS);
         let mut app_hosts = BTreeMap::new();
         for workload in &workloads {
             let key = format!("{}/{}", workload.namespace, workload.name);
@@ -111,8 +180,8 @@ impl LocalMesh {
             if !is_gateway && !workload.sidecar {
                 continue;
             }
-            let app_host = IpAddr::V4(Ipv4Addr::from(next_app));
-            next_app += 1;
+            let app_port = options.apps.get(&key).map(|spec| spec.port);
+            let app_host = IpAddr::V4(next_app_host(app_port));
             app_hosts.insert(key.clone(), app_host);
             let kind = if is_gateway { "router" } else { "sidecar" };
             let mut metadata = serde_json::Map::new();
@@ -138,7 +207,16 @@ impl LocalMesh {
                 ),
                 metadata,
             };
+            let identity = match (pilot_ca(&mesh.pilot), mesh.pilot.ca_address()) {
+                (Some(root), Some(ca_address)) => Some(Arc::new(
+                    workload_certificate(workload, &tokens, &root, ca_address)
+                        .await
+                        .with_context(|| format!("the workload certificate of {key}"))?,
+                )),
+                _ => None,
+            };
             let proxy = Proxy::start(ProxyOptions {
+                identity,
                 admin_address: SocketAddr::new(workload.address, ADMIN_PORT),
                 concurrency: 1,
                 drain_timeout: Duration::from_secs(5),

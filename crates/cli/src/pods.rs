@@ -40,10 +40,22 @@ pub struct PodOptions {
     /// `kubectl port-forward`: (host address, workload, pod port).
     pub forwards: Vec<(SocketAddr, String, u16)>,
     pub network: NetworkConfig,
+    /// The mesh CA's directory: with one, the pilot signs workload
+    /// certificates on the host's bridge address port 15012, each proxy
+    /// gets a bootstrap token for its service account, and the mesh runs
+    /// mutual TLS.
+    pub ca_dir: Option<PathBuf>,
 }
+
+/// The pilot's certificate service port (Istio's 15012).
+pub const CA_PORT: u16 = 15012;
+/// Where each pod's credentials go (`SECRETS_DIR/<netns>/`), like the
+/// projected token and root-cert volumes of an Istio pod.
+const SECRETS_DIR: &str = "/run/mizzen/secrets";
 
 pub struct PodMesh {
     pub pilot: Pilot,
+    tokens: mizzen_identity::auth::StaticTokens,
     network: Option<PodNetwork>,
     forwards: Vec<tokio::task::JoinHandle<()>>,
     /// Pod names (`namespace/name`) and their network namespaces.
@@ -96,14 +108,22 @@ impl PodMesh {
         std::fs::create_dir_all(&options.log_dir)
             .with_context(|| format!("creating {}", options.log_dir.display()))?;
         let network = PodNetwork::create(options.network.clone())?;
+        let tokens = mizzen_identity::auth::StaticTokens::new();
+        let host = options.network.host_address;
         let pilot = Pilot::start(PilotOptions {
-            xds_address: SocketAddr::from((options.network.host_address, 15010)),
+            xds_address: SocketAddr::from((host, 15010)),
             debug_address: options.debug_address,
+            ca: options.ca_dir.as_ref().map(|dir| mizzen_pilot::CaOptions {
+                address: SocketAddr::from((host, CA_PORT)),
+                serving_names: vec!["istiod.istio-system.svc".to_string(), host.to_string()],
+                ..mizzen_pilot::CaOptions::new(dir, tokens.clone())
+            }),
             ..PilotOptions::new(&options.config_dir)
         })
         .await?;
         let mut mesh = PodMesh {
             pilot,
+            tokens,
             network: Some(network),
             forwards: Vec::new(),
             pods: BTreeMap::new(),
@@ -150,6 +170,19 @@ impl PodMesh {
                 ))
             };
             let labels = serde_json::to_string(&workload.labels)?;
+            let credentials = match (self.pilot.ca(), self.pilot.ca_address()) {
+                (Some(ca), Some(address)) if is_gateway(workload) || workload.sidecar => {
+                    let netns = network
+                        .pod(&key)
+                        .map(|p| p.netns.clone())
+                        .unwrap_or_default();
+                    write_credentials(&self.tokens, ca.root_bundle(), &netns, workload)?
+                        .into_iter()
+                        .chain(["--ca-address".to_string(), format!("https://{address}")])
+                        .collect()
+                }
+                _ => Vec::new(),
+            };
             let proxy_args = |role: &str| -> Vec<String> {
                 vec![
                     "proxy".into(),
@@ -172,6 +205,9 @@ impl PodMesh {
                     "--meta".into(),
                     format!("LABELS={labels}"),
                 ]
+                .into_iter()
+                .chain(credentials.iter().cloned())
+                .collect()
             };
             if is_gateway(workload) {
                 network.spawn(
@@ -300,10 +336,49 @@ impl PodMesh {
         }
         if let Some(network) = self.network.take() {
             // Process shutdown waits; keep the runtime free.
+            let netns: Vec<String> = network.pods().map(|(_, pod)| pod.netns.clone()).collect();
             let _ = tokio::task::spawn_blocking(move || network.destroy()).await;
+            for netns in netns {
+                let _ = std::fs::remove_dir_all(std::path::Path::new(SECRETS_DIR).join(netns));
+            }
         }
         self.pilot.shutdown();
     }
+}
+
+/// Writes a pod's bootstrap token (for its service account) and the mesh
+/// root, readable by the proxy's uid only, and returns the proxy flags that
+/// point at them — what Istio mounts at /var/run/secrets/tokens/istio-token
+/// and /var/run/secrets/istio/root-cert.pem.
+fn write_credentials(
+    tokens: &mizzen_identity::auth::StaticTokens,
+    root_pem: &str,
+    netns: &str,
+    workload: &Workload,
+) -> anyhow::Result<Vec<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::path::Path::new(SECRETS_DIR).join(netns);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::os::unix::fs::chown(&dir, Some(PROXY_UID), Some(PROXY_UID))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let identity = mizzen_identity::Identity::in_default_domain(
+        &workload.namespace,
+        &workload.service_account,
+    )?;
+    let token_path = dir.join("istio-token");
+    tokens
+        .mint_to_file(identity, &token_path)
+        .with_context(|| format!("writing {}", token_path.display()))?;
+    std::os::unix::fs::chown(&token_path, Some(PROXY_UID), Some(PROXY_UID))?;
+    let root_path = dir.join("root-cert.pem");
+    std::fs::write(&root_path, root_pem)
+        .with_context(|| format!("writing {}", root_path.display()))?;
+    Ok(vec![
+        "--token-file".to_string(),
+        token_path.display().to_string(),
+        "--ca-root-cert".to_string(),
+        root_path.display().to_string(),
+    ])
 }
 
 fn app_env(config: &mizzen_testkit::demo_app::AppConfig, port: u16) -> Vec<(String, String)> {
@@ -317,6 +392,13 @@ fn app_env(config: &mizzen_testkit::demo_app::AppConfig, port: u16) -> Vec<(Stri
     ];
     if !config.upstream_uris.is_empty() {
         env.push(("UPSTREAM_URIS".to_string(), config.upstream_uris.join(",")));
+    }
+    if !config.extra_ports.is_empty() {
+        let ports: Vec<String> = config.extra_ports.iter().map(u16::to_string).collect();
+        env.push(("EXTRA_PORTS".to_string(), ports.join(",")));
+    }
+    if config.echo_request {
+        env.push(("ECHO_REQUEST".to_string(), "true".to_string()));
     }
     env
 }

@@ -125,6 +125,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             apps,
             forwards,
             network: Default::default(),
+            ca_dir: Some(crate::meshes::home().join("ca")),
         })
         .await?;
         let run_file =
@@ -148,6 +149,8 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         xds_address: options.xds_address,
         debug_address: options.debug_address,
         apps,
+        ca_dir: Some(crate::meshes::home().join("ca")),
+        ca_address: SocketAddr::from(([127, 0, 0, 1], 15012)),
     })
     .await?;
     mesh.register(&config_dir)?;

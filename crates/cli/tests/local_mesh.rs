@@ -48,6 +48,7 @@ async fn virtual_service_change_shifts_traffic() {
         xds_address: "127.0.0.1:0".parse().unwrap(),
         debug_address: "127.0.0.1:0".parse().unwrap(),
         apps: mizzen_cli::demo::apps().unwrap(),
+        ..LocalOptions::new(dir.path())
     })
     .await
     .unwrap();
@@ -104,6 +105,90 @@ async fn virtual_service_change_shifts_traffic() {
     assert_eq!(after, BTreeMap::from([(200, 60)]), "after the shift");
 
     // Every proxy acknowledged every type it was sent.
+    let syncz = mesh.pilot.state().sync.to_json();
+    for proxy in syncz.as_array().unwrap() {
+        for (short, state) in proxy["types"].as_object().unwrap() {
+            assert_eq!(
+                state["state"], "SYNCED",
+                "{} {short}: {state}",
+                proxy["proxy"]
+            );
+        }
+    }
+    mesh.stop().await;
+}
+
+/// Whether a plaintext request straight to a sidecar's inbound listener gets
+/// an HTTP answer (PERMISSIVE) or is refused (STRICT).
+async fn plaintext_answered(sidecar: SocketAddr) -> bool {
+    mizzen_testkit::http_get(&sidecar.to_string(), "service-a", "/", &[])
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_between_loopback_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    let gateway_ip = write_config(&config);
+    let gateway = SocketAddr::from((gateway_ip, 8080));
+    let mesh = LocalMesh::start(LocalOptions {
+        apps: mizzen_cli::demo::apps().unwrap(),
+        ca_dir: Some(dir.path().join("ca")),
+        ..LocalOptions::new(&config)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let service_a = mizzen_cli::local::workloads(&config)
+        .unwrap()
+        .into_iter()
+        .find(|w| w.name == "service-a")
+        .unwrap();
+    let sidecar_a = SocketAddr::new(service_a.address, 8080);
+
+    // The whole call chain works over mutual TLS: gateway → a → b, c.
+    let codes = status_codes(gateway, 20).await;
+    assert_eq!(
+        codes.keys().filter(|c| **c != 200 && **c != 500).count(),
+        0,
+        "{codes:?}"
+    );
+    // Each proxy holds a SPIFFE certificate from the pilot's CA.
+    let (_, _, certs) = mizzen_testkit::http_get(
+        &SocketAddr::new(service_a.address, 15000).to_string(),
+        "admin",
+        "/certs",
+        &[],
+    )
+    .await
+    .unwrap();
+    let certs = String::from_utf8_lossy(&certs);
+    assert!(
+        certs.contains("spiffe://cluster.local/ns/istioinaction/sa/service-a"),
+        "{certs}"
+    );
+    // PERMISSIVE by default: plaintext from outside the mesh is accepted.
+    assert!(plaintext_answered(sidecar_a).await);
+
+    std::fs::write(
+        config.join("strict.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while plaintext_answered(sidecar_a).await {
+        assert!(Instant::now() < deadline, "STRICT never refused plaintext");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Mesh traffic is unaffected.
+    let codes = status_codes(gateway, 20).await;
+    assert!(codes.get(&200).copied().unwrap_or(0) > 0, "{codes:?}");
+    assert_eq!(
+        codes.keys().filter(|c| **c != 200 && **c != 500).count(),
+        0,
+        "{codes:?}"
+    );
     let syncz = mesh.pilot.state().sync.to_json();
     for proxy in syncz.as_array().unwrap() {
         for (short, state) in proxy["types"].as_object().unwrap() {

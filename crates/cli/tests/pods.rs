@@ -110,6 +110,7 @@ async fn legacy_pods_reach_services_by_name_and_clean_up() {
         apps: BTreeMap::from([("demo/service-b".to_string(), app("service-b", "v1", ""))]),
         forwards: Vec::new(),
         network,
+        ca_dir: None,
     })
     .await
     .unwrap();
@@ -265,6 +266,7 @@ async fn sidecars_capture_inbound_and_outbound_traffic() {
         ]),
         forwards: Vec::new(),
         network,
+        ca_dir: None,
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}"));
@@ -324,6 +326,273 @@ async fn sidecars_capture_inbound_and_outbound_traffic() {
         through.contains("\"legacy\""),
         "ALLOW_ANY passthrough: {through}"
     );
+
+    mesh.stop().await;
+    assert!(
+        !netns_names().contains(&prefix),
+        "namespaces left: {}",
+        netns_names()
+    );
+}
+
+/// Runs curl in a pod and returns its exit code and output.
+fn curl_status(netns: &str, url: &str) -> (i32, String) {
+    let output = std::process::Command::new("ip")
+        .args(["netns", "exec", netns, "curl", "-sS", "-m", "5", url])
+        .output()
+        .expect("runs ip netns exec curl");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text)
+}
+
+/// Waits until curl from `netns` to `url` exits with `code` (after a config
+/// push), returning the last output.
+async fn eventually_exit(netns: &str, url: &str, code: i32) -> String {
+    let mut last = (0, String::new());
+    for _ in 0..60 {
+        last = curl_status(netns, url);
+        if last.0 == code {
+            return last.1;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{url} from {netns}: wanted curl exit {code}, last {} {}",
+        last.0, last.1
+    );
+}
+
+/// Captures a pod's eth0 with tshark while `traffic` runs and returns the
+/// HTTP requests seen in clear as `source-ip uri` lines and the number of
+/// TLS records.
+async fn capture_http(netns: &str, ports: &str, traffic: impl AsyncFnOnce()) -> (String, usize) {
+    let file = std::env::temp_dir().join(format!("mizzen-capture-{}.pcap", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let filter = ports
+        .split(',')
+        .map(|p| format!("tcp port {p}"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let mut tshark = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", netns, "tshark", "-q", "-i", "eth0", "-f", &filter, "-w",
+        ])
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tshark starts");
+    // tshark says "Capturing on 'eth0'" once the capture is open.
+    let stderr = tshark.stderr.take().unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("Capturing on") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("tshark opens the capture");
+    traffic().await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let _ = netns::run("kill", &["-INT", &tshark.id().to_string()]);
+    let _ = tshark.wait();
+    let read = |args: &[&str]| {
+        let mut all = vec!["-r", file.to_str().unwrap()];
+        all.extend_from_slice(args);
+        netns::run("tshark", &all).unwrap_or_default()
+    };
+    // Decode the ports as HTTP whatever they are, so cleartext is found
+    // even on ports tshark does not associate with HTTP.
+    let mut decode = Vec::new();
+    for port in ports.split(',') {
+        decode.push("-d".to_string());
+        decode.push(format!("tcp.port=={port},http"));
+    }
+    let mut http_args: Vec<&str> = decode.iter().map(String::as_str).collect();
+    http_args.extend([
+        "-Y",
+        "http.request",
+        "-T",
+        "fields",
+        "-e",
+        "ip.src",
+        "-e",
+        "http.request.uri",
+    ]);
+    let http = read(&http_args);
+    let mut tls_args: Vec<String> = Vec::new();
+    for port in ports.split(',') {
+        tls_args.push("-d".to_string());
+        tls_args.push(format!("tcp.port=={port},tls"));
+    }
+    let mut tls_args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+    tls_args.extend(["-Y", "tls.record", "-T", "fields", "-e", "frame.number"]);
+    let tls = read(&tls_args).lines().count();
+    let _ = std::fs::remove_file(&file);
+    (http, tls)
+}
+
+/// Issue: mutual TLS between sidecars, PeerAuthentication STRICT /
+/// PERMISSIVE / port-level DISABLE, and proof on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_between_sidecars_and_peer_authentication() {
+    if !root_or_skip() {
+        return;
+    }
+    let has_tshark = netns::run("sh", &["-c", "command -v tshark"]).is_ok();
+    let network = network();
+    let base = network.cidr.0.octets();
+    let ip = move |last: u8| Ipv4Addr::new(base[0], base[1], base[2], last);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    write(
+        &config,
+        "web.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec:\n  selector: {app: web}\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n  - {name: http-open, port: 81, targetPort: 8081}\n",
+    );
+    write(
+        &config,
+        "workloads.yaml",
+        &format!(
+            "{}---\n{}---\n{}",
+            workload("web", "demo", "web", ip(10), true).replace(
+                "  sidecar: true\n",
+                "  sidecar: true\n  serviceAccount: web\n"
+            ),
+            workload("client", "demo", "client", ip(11), true).replace(
+                "  sidecar: true\n",
+                "  sidecar: true\n  serviceAccount: client\n"
+            ),
+            workload("legacy", "default", "legacy", ip(12), false),
+        ),
+    );
+    let mut web = app("web", "v1", "");
+    web.config.echo_request = true;
+    web.config.extra_ports = vec![8081];
+    let prefix = network.netns_prefix.clone();
+    let mesh = PodMesh::start(PodOptions {
+        config_dir: config.clone(),
+        binary: env!("CARGO_BIN_EXE_mizzen").into(),
+        log_dir: dir.path().join("logs"),
+        debug_address: "127.0.0.1:0".parse().unwrap(),
+        apps: BTreeMap::from([("demo/web".to_string(), web)]),
+        forwards: Vec::new(),
+        network,
+        ca_dir: Some(dir.path().join("ca")),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let client = mesh.pods["demo/client"].clone();
+    let legacy = mesh.pods["default/legacy"].clone();
+    let web_pod = mesh.pods["demo/web"].clone();
+    let web_url = "http://web.demo.svc.cluster.local/";
+    let open_url = "http://web.demo.svc.cluster.local:81/";
+
+    // PERMISSIVE (no policy): the meshed client's call arrives over mTLS
+    // with its identity; the legacy pod's plaintext is accepted too.
+    let answer = eventually_contains(&client, web_url, "\"web\"").await;
+    assert!(
+        answer.contains("By=spiffe://cluster.local/ns/demo/sa/web")
+            && answer.contains("URI=spiffe://cluster.local/ns/demo/sa/client"),
+        "the app sees the caller's SPIFFE identity in x-forwarded-client-cert: {answer}"
+    );
+    let plain = eventually_contains(&legacy, web_url, "\"web\"").await;
+    assert!(
+        !plain.contains("URI=spiffe://"),
+        "plaintext carries no client identity: {plain}"
+    );
+
+    // On the wire: ciphertext between sidecars, clear HTTP from the legacy pod.
+    if has_tshark {
+        let legacy_ip = ip(12).to_string();
+        let client_ip = ip(11).to_string();
+        let (http, tls) = capture_http(&web_pod, "8080", async || {
+            for _ in 0..3 {
+                curl_status(&client, web_url);
+                curl_status(&legacy, web_url);
+            }
+        })
+        .await;
+        assert!(
+            http.lines().all(|l| !l.starts_with(&client_ip)),
+            "cleartext HTTP from the meshed client on the wire:\n{http}"
+        );
+        assert!(
+            http.lines().any(|l| l.starts_with(&legacy_ip)),
+            "the legacy pod's HTTP should be visible in clear:\n{http}"
+        );
+        assert!(tls > 0, "no TLS records seen between sidecars");
+    } else {
+        println!("SKIP (capture part): tshark is not installed");
+    }
+
+    // STRICT mesh-wide: plaintext from the legacy pod is refused (the
+    // connection is reset: curl exit 56, or 52 for an empty reply), meshed
+    // pods still succeed.
+    write(
+        &config,
+        "strict.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n",
+    );
+    let mut refused = (0, String::new());
+    for _ in 0..60 {
+        refused = curl_status(&legacy, web_url);
+        if refused.0 == 56 || refused.0 == 52 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused.0 == 56 || refused.0 == 52,
+        "STRICT must refuse plaintext: curl exit {} {}",
+        refused.0,
+        refused.1
+    );
+    let answer = eventually_contains(&client, web_url, "\"web\"").await;
+    assert!(
+        answer.contains("URI=spiffe://cluster.local/ns/demo/sa/client"),
+        "{answer}"
+    );
+    // The health port of the sidecar stays plaintext under STRICT.
+    let health = curl(
+        &legacy,
+        &[&format!("http://{}:15021/healthz/ready", ip(10))],
+    );
+    assert!(!health.starts_with("curl failed"), "health port: {health}");
+
+    // A port-level DISABLE opens only that port.
+    write(
+        &config,
+        "web-open.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: web, namespace: demo}\nspec:\n  selector:\n    matchLabels: {app: web}\n  portLevelMtls:\n    8081: {mode: DISABLE}\n",
+    );
+    eventually_exit(&legacy, open_url, 0).await;
+    let (code, text) = curl_status(&legacy, web_url);
+    assert!(
+        code == 56 || code == 52,
+        "port 8080 stays STRICT: {code} {text}"
+    );
+    // Meshed clients send plaintext to the DISABLE port (auto mTLS follows
+    // the server's policy) and mTLS to the other.
+    let open = eventually_contains(&client, open_url, "\"web\"").await;
+    assert!(!open.contains("URI=spiffe://"), "{open}");
+
+    // PERMISSIVE again: plaintext accepted on both ports.
+    write(
+        &config,
+        "strict.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: PERMISSIVE}\n",
+    );
+    eventually_exit(&legacy, web_url, 0).await;
 
     mesh.stop().await;
     assert!(

@@ -59,6 +59,9 @@ pub struct ServiceSpec {
     /// Backends serve HTTPS (self-signed) instead of plain HTTP.
     #[serde(default)]
     pub tls: bool,
+    /// The `region/zone/subzone` of each version's workload.
+    #[serde(default)]
+    pub localities: BTreeMap<String, String>,
 }
 
 fn default_namespace() -> String {
@@ -82,6 +85,10 @@ pub struct Client {
     pub kind: ClientKind,
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// Where the proxy runs (`region/zone/subzone`): the locality of the
+    /// workload declared for it, which the pilot looks the proxy up by.
+    #[serde(default)]
+    pub locality: Option<String>,
 }
 
 impl Default for Client {
@@ -89,6 +96,7 @@ impl Default for Client {
         Client {
             kind: ClientKind::Sidecar,
             namespace: default_namespace(),
+            locality: None,
         }
     }
 }
@@ -137,6 +145,15 @@ pub struct RequestSpec {
     /// `tls` backend.
     #[serde(default)]
     pub sni: Option<String>,
+    /// Before sending: backends (`NAME-VERSION`) restarted on their address
+    /// to answer 503 at this rate from now on (endpoints starting to fail).
+    #[serde(default)]
+    pub error_rates: BTreeMap<String, f64>,
+    /// Milliseconds to wait before sending, for what proxies do in the
+    /// background (Envoy delivers health changes, such as outlier
+    /// ejections, in batches up to a second apart).
+    #[serde(default)]
+    pub wait_ms: u64,
     pub expect: Expect,
 }
 

@@ -92,6 +92,7 @@ async fn run_inner(case: &Case, plane: DataPlane, shared: Option<&Path>) -> anyh
         config.push_str(&text);
     }
     let mut apps: Vec<(String, AppHandle)> = Vec::new();
+    let mut configs: BTreeMap<String, AppConfig> = BTreeMap::new();
     for service in &case.services {
         service_yaml(
             &mut config,
@@ -108,6 +109,9 @@ async fn run_inner(case: &Case, plane: DataPlane, shared: Option<&Path>) -> anyh
                 "---\napiVersion: mizzen.io/v1alpha1\nkind: Workload\nmetadata:\n  name: {}-{version}\n  namespace: {}\n  labels:\n    app: {}\n    version: {version}\nspec:\n  address: {ip}\n  sidecar: false\n",
                 service.name, service.namespace, service.name
             );
+            if let Some(locality) = service.localities.get(version) {
+                let _ = writeln!(config, "  locality: {locality}");
+            }
             let app = AppConfig {
                 name: service.name.clone(),
                 version: version.clone(),
@@ -130,13 +134,27 @@ async fn run_inner(case: &Case, plane: DataPlane, shared: Option<&Path>) -> anyh
                 ..AppConfig::default()
             };
             let listener = tokio::net::TcpListener::bind(app.listen_addr).await?;
-            apps.push((
-                format!("{}-{version}", service.name),
-                demo_app::spawn(app, listener),
-            ));
+            let name = format!("{}-{version}", service.name);
+            configs.insert(name.clone(), app.clone());
+            apps.push((name, demo_app::spawn(app, listener)));
         }
     }
     let client_ip = mizzen_testkit::free_loopback_ip();
+    if let Some(locality) = &case.client.locality {
+        // The pilot finds a proxy's workload by namespace and address.
+        let (name, namespace, labels) = match case.client.kind {
+            ClientKind::Sidecar => ("client", case.client.namespace.as_str(), "app: client"),
+            ClientKind::Gateway => (
+                "istio-ingressgateway",
+                "istio-system",
+                "istio: ingressgateway",
+            ),
+        };
+        let _ = write!(
+            config,
+            "---\napiVersion: mizzen.io/v1alpha1\nkind: Workload\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels:\n    {labels}\nspec:\n  address: {client_ip}\n  locality: {locality}\n"
+        );
+    }
     if case.client.kind == ClientKind::Gateway {
         service_yaml(
             &mut config,
@@ -239,6 +257,12 @@ async fn run_inner(case: &Case, plane: DataPlane, shared: Option<&Path>) -> anyh
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("request {index}"));
+            for (name, rate) in &request.error_rates {
+                restart_failing(&mut apps, &configs, name, *rate)
+                    .await
+                    .with_context(|| format!("{label}: restarting {name}"))?;
+            }
+            tokio::time::sleep(Duration::from_millis(request.wait_ms)).await;
             check_request(case.client.kind, target, request, &apps)
                 .await
                 .with_context(|| label.clone())?;
@@ -257,6 +281,30 @@ async fn run_inner(case: &Case, plane: DataPlane, shared: Option<&Path>) -> anyh
     }
     pilot.shutdown();
     result
+}
+
+/// Replaces a backend with one on the same address that answers 503 at
+/// `rate`: to the proxy, an endpoint that starts failing.
+async fn restart_failing(
+    apps: &mut Vec<(String, AppHandle)>,
+    configs: &BTreeMap<String, AppConfig>,
+    name: &str,
+    rate: f64,
+) -> anyhow::Result<()> {
+    let index = apps
+        .iter()
+        .position(|(n, _)| n == name)
+        .with_context(|| format!("no backend {name}"))?;
+    let config = AppConfig {
+        error_rate: rate,
+        ..configs.get(name).context("no config")?.clone()
+    };
+    let (name, old) = apps.remove(index);
+    // Its listener is closed once shutdown returns.
+    let _ = old.shutdown().await;
+    let listener = tokio::net::TcpListener::bind(config.listen_addr).await?;
+    apps.insert(index, (name, demo_app::spawn(config, listener)));
+    Ok(())
 }
 
 /// Waits until the proxy acknowledged everything it was sent.

@@ -8,6 +8,8 @@
 //! * [`workload`]: what a proxy does: key and CSR generation, the CA client,
 //!   and the [`workload::CertificateManager`] that renews the certificate at
 //!   half-life.
+//! * [`sds`]: Envoy's Secret Discovery Service for the workload
+//!   certificate over a Unix socket (Istio's pilot-agent role).
 //! * [`tls`]: rustls configurations for mesh mTLS with secure naming (the
 //!   client checks the server's SPIFFE ID) and Istio's ALPN values.
 //!
@@ -17,6 +19,7 @@
 
 pub mod auth;
 pub mod ca;
+pub mod sds;
 pub mod spiffe;
 pub mod tls;
 pub mod workload;

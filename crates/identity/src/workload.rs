@@ -461,6 +461,28 @@ impl CertificateProvider for RemoteCa {
     }
 }
 
+/// Starts a [`CertificateManager`] for `identity` from Istio's CA service,
+/// the way pilot-agent does from its flags: `ca_address` as `host:port` or
+/// `https://host:port` (`CA_ADDR`), the PEM root that verifies the CA's
+/// serving certificate, the bearer token, and the lifetime to ask for.
+/// Resolves once the first certificate has been issued (retrying for up to
+/// the default startup timeout); renewal then runs in the background.
+pub async fn start_remote(
+    ca_address: &str,
+    ca_root_pem: &str,
+    token: TokenSource,
+    identity: Identity,
+    ttl: Duration,
+) -> Result<CertificateManager, WorkloadError> {
+    let address = ca_address
+        .strip_prefix("https://")
+        .unwrap_or(ca_address)
+        .trim_end_matches('/');
+    let client = CaClient::new(CaClientConfig::new(address, ca_root_pem))?;
+    let provider = RemoteCa::new(client, token, identity, ttl);
+    CertificateManager::start(provider, RotationPolicy::default()).await
+}
+
 /// Obtains certificates from a CA in the same process (the embedded local
 /// runtime, tests), through the same CSR path as a remote proxy.
 #[derive(Debug, Clone)]

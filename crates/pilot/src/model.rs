@@ -20,6 +20,10 @@ pub struct Workload {
     pub ports: BTreeMap<String, u16>,
     /// Whether a sidecar runs beside it.
     pub sidecar: bool,
+    /// The mutual TLS its sidecar accepts (PeerAuthentication).
+    pub peer: crate::peer::PeerPolicy,
+    /// Its `locality`, else the one its labels give.
+    pub locality: Option<crate::node::Locality>,
 }
 
 impl Workload {
@@ -30,7 +34,12 @@ impl Workload {
                 instance.namespace, instance.name, instance.address
             )
         })?;
+        let locality = match &instance.locality {
+            Some(text) => crate::node::Locality::parse(text),
+            None => crate::node::Locality::from_labels(&instance.labels),
+        };
         Ok(Workload {
+            locality,
             name: instance.name,
             namespace: instance.namespace,
             labels: instance.labels,
@@ -42,6 +51,7 @@ impl Workload {
                 .filter_map(|(name, port)| Some((name, u16::try_from(port).ok()?)))
                 .collect(),
             sidecar: instance.sidecar,
+            peer: Default::default(),
         })
     }
 }
@@ -117,6 +127,13 @@ pub struct Service {
     /// The virtual IP clients connect to (Kubernetes' ClusterIP): the one
     /// the Service sets, else one allocated from [`SERVICE_CIDR`].
     pub address: Option<IpAddr>,
+    /// The namespaces that see the service (`exportTo` of a ServiceEntry,
+    /// the `networking.istio.io/exportTo` annotation of a Service); empty
+    /// means every namespace.
+    pub export_to: Vec<String>,
+    /// What a ServiceEntry says about a host it declares; None for a
+    /// Kubernetes Service.
+    pub entry: Option<ServiceEntryInfo>,
 }
 
 /// Where services without a `clusterIP` get their virtual IP.
@@ -159,6 +176,41 @@ pub struct Endpoint {
     pub address: IpAddr,
     pub port: u16,
     pub labels: BTreeMap<String, String>,
+    /// Whether clients should send Istio mutual TLS to it (auto mTLS): a
+    /// sidecar runs beside it and its PeerAuthentication does not disable
+    /// mutual TLS on this port.
+    pub mtls: bool,
+    /// Its workload's locality, for locality load balancing.
+    pub locality: Option<crate::node::Locality>,
+}
+
+/// The TLS entries of a Kubernetes Secret: a key pair (`tls.crt`/`tls.key`
+/// or `cert`/`key`) and a CA (`ca.crt` or `cacert`), PEM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretData {
+    pub cert: Option<Vec<u8>>,
+    pub key: Option<Vec<u8>>,
+    pub ca: Option<Vec<u8>>,
+}
+
+impl SecretData {
+    fn from_secret(secret: &k8s_openapi::api::core::v1::Secret) -> SecretData {
+        let get = |keys: &[&str]| -> Option<Vec<u8>> {
+            keys.iter().find_map(|key| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(*key))
+                    .map(|v| v.as_bytes().to_vec())
+                    .or_else(|| secret.data.as_ref()?.get(*key).map(|v| v.0.clone()))
+            })
+        };
+        SecretData {
+            cert: get(&["tls.crt", "cert"]),
+            key: get(&["tls.key", "key"]),
+            ca: get(&["ca.crt", "cacert"]),
+        }
+    }
 }
 
 /// A config object with where it lives, as translation needs it.
@@ -169,9 +221,39 @@ pub struct Config<T> {
     pub spec: T,
 }
 
+/// Mesh-wide settings the model is built with (Istio's MeshConfig).
+#[derive(Debug, Clone)]
+pub struct MeshSettings {
+    /// DNS suffix of service hostnames.
+    pub domain_suffix: String,
+    /// The trust domain of workload identities.
+    pub trust_domain: String,
+    /// Whether sidecars have workload certificates, so that the mesh runs
+    /// mutual TLS (automatic mTLS to sidecars, PeerAuthentication on
+    /// inbound). Istio always has a CA; a pilot without one serves
+    /// plaintext config.
+    pub mtls: bool,
+}
+
+impl MeshSettings {
+    pub fn new(domain_suffix: &str) -> MeshSettings {
+        MeshSettings {
+            domain_suffix: domain_suffix.to_string(),
+            trust_domain: mizzen_identity::DEFAULT_TRUST_DOMAIN.to_string(),
+            mtls: false,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Model {
     pub domain_suffix: String,
+    pub trust_domain: String,
+    /// See [`MeshSettings::mtls`].
+    pub mtls: bool,
+    pub peer_authentications: Vec<Config<mizzen_api::security::PeerAuthentication>>,
+    /// TLS material of Kubernetes Secrets, by (namespace, name).
+    pub secrets: BTreeMap<(String, String), SecretData>,
     /// By hostname.
     pub services: BTreeMap<String, Service>,
     pub workloads: Vec<Workload>,
@@ -195,8 +277,15 @@ pub struct Model {
 
 impl Model {
     pub fn build(snapshot: &ConfigSnapshot, domain_suffix: &str) -> Model {
+        Self::build_with(snapshot, &MeshSettings::new(domain_suffix))
+    }
+
+    pub fn build_with(snapshot: &ConfigSnapshot, settings: &MeshSettings) -> Model {
+        let mut entries = Vec::new();
         let mut model = Model {
-            domain_suffix: domain_suffix.to_string(),
+            domain_suffix: settings.domain_suffix.clone(),
+            trust_domain: settings.trust_domain.clone(),
+            mtls: settings.mtls,
             ..Default::default()
         };
         for (_file, resource) in &snapshot.resources {
@@ -228,12 +317,48 @@ impl Model {
                     namespace,
                     spec: sidecar.spec.clone(),
                 }),
+                Resource::Secret(secret) => {
+                    model
+                        .secrets
+                        .insert((namespace, name), SecretData::from_secret(secret));
+                }
+                Resource::PeerAuthentication(policy) => model.peer_authentications.push(Config {
+                    name,
+                    namespace,
+                    spec: policy.spec.clone(),
+                }),
+                Resource::ServiceEntry(entry) => entries.push(Config {
+                    name,
+                    namespace,
+                    spec: entry.spec.clone(),
+                }),
                 _ => {}
             }
+        }
+        // After the Kubernetes Services, which keep their hostnames.
+        entries.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        for entry in &entries {
+            model.add_service_entry(entry);
         }
         model
             .workloads
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        model
+            .peer_authentications
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        if !model.mtls && !model.peer_authentications.is_empty() {
+            model.warnings.push(
+                "PeerAuthentication has no effect: the pilot runs without a CA, so the mesh has no mutual TLS"
+                    .to_string(),
+            );
+        }
+        for workload in &mut model.workloads {
+            workload.peer = crate::peer::resolve(
+                &model.peer_authentications,
+                &workload.namespace,
+                &workload.labels,
+            );
+        }
         model.allocate_addresses();
         model.selected = model
             .services
@@ -263,7 +388,11 @@ impl Model {
             self.services.values().filter_map(|s| s.address).collect();
         let size = 1u32 << (32 - SERVICE_CIDR.1);
         let base = u32::from(SERVICE_CIDR.0);
-        for service in self.services.values_mut().filter(|s| s.address.is_none()) {
+        for service in self
+            .services
+            .values_mut()
+            .filter(|s| s.address.is_none() && s.wants_address())
+        {
             // Skip the network and broadcast addresses.
             let mut offset = stable_hash(&service.hostname) % (size - 2) + 1;
             loop {
@@ -323,6 +452,19 @@ impl Model {
             });
         }
         let selector = spec.selector.map(|s| s.into_iter().collect());
+        let export_to = service
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
+            .map(|value| {
+                value
+                    .split(',')
+                    .map(|ns| ns.trim().to_string())
+                    .filter(|ns| !ns.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
         let address = match spec.cluster_ip.as_deref() {
             None | Some("") | Some("None") => None,
             Some(ip) => match ip.parse() {
@@ -344,6 +486,8 @@ impl Model {
                 ports,
                 selector,
                 address,
+                export_to,
+                entry: None,
             },
         );
     }
@@ -396,15 +540,73 @@ impl Model {
             .map(|&i| &self.workloads[i])
             .filter(|w| subset.is_none_or(|labels| labels_match(labels, &w.labels)))
             .filter_map(|w| {
+                let target = match &service.entry {
+                    Some(_) => entry_target_port(port, &w.ports),
+                    None => Self::target_port(port, Some(w))?,
+                };
+                let internal = service.entry.as_ref().is_none_or(|e| !e.mesh_external);
                 Some(Endpoint {
                     address: w.address,
-                    port: Self::target_port(port, Some(w))?,
+                    port: target,
                     labels: w.labels.clone(),
+                    mtls: self.mtls && internal && w.sidecar && w.peer.accepts_mtls(target),
+                    locality: w.locality.clone(),
                 })
             })
             .collect();
+        if let Some(entry) = &service.entry {
+            out.extend(self.entry_ip_endpoints(entry, port, subset));
+        }
         out.sort();
         out
+    }
+
+    /// The SPIFFE identities of the workloads behind a service: who may
+    /// serve it (Istio's secure naming), sorted.
+    pub fn service_identities(&self, service: &Service) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .selected
+            .get(&service.hostname)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|&i| &self.workloads[i])
+            .map(|w| self.spiffe_id(&w.namespace, &w.service_account))
+            .chain(
+                service
+                    .entry
+                    .iter()
+                    .flat_map(|e| e.subject_alt_names.iter().cloned()),
+            )
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// `spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`.
+    pub fn spiffe_id(&self, namespace: &str, service_account: &str) -> String {
+        format!(
+            "spiffe://{}/ns/{namespace}/sa/{service_account}",
+            self.trust_domain
+        )
+    }
+
+    /// The PeerAuthentication policy of the workload a sidecar fronts (from
+    /// the proxy's own namespace and labels when it has no registered
+    /// workload).
+    pub fn peer_policy(&self, proxy: &crate::node::ProxyNode) -> crate::peer::PeerPolicy {
+        match self.workload_of(proxy) {
+            Some(workload) => workload.peer.clone(),
+            None => {
+                crate::peer::resolve(&self.peer_authentications, &proxy.namespace, &proxy.labels)
+            }
+        }
+    }
+
+    /// The TLS entries of Secret `namespace/name`.
+    pub fn secret_data(&self, namespace: &str, name: &str) -> Option<&SecretData> {
+        self.secrets.get(&(namespace.to_string(), name.to_string()))
     }
 
     /// Services whose selector picks the workload a sidecar fronts.
@@ -604,3 +806,271 @@ impl Model {
 
 /// Istio's root namespace: mesh-wide config lives there.
 pub const ROOT_NAMESPACE: &str = "istio-system";
+
+/// The annotation a Kubernetes Service restricts its visibility with
+/// (comma-separated namespaces, `.` or `*`), as Istio reads it.
+pub const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
+
+/// How the endpoints of a ServiceEntry host are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// Connections go where the client sent them (no endpoints needed).
+    None,
+    /// The declared endpoints, as IP addresses.
+    Static,
+    /// Every address DNS gives for the host or its endpoints.
+    Dns,
+    /// One address DNS gives, per connection.
+    DnsRoundRobin,
+}
+
+/// An inline endpoint of a ServiceEntry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryEndpoint {
+    /// An IP address or, with DNS resolution, a hostname.
+    pub address: String,
+    /// Port name to number; a port not named here uses the service port's
+    /// target port.
+    pub ports: BTreeMap<String, u16>,
+    pub labels: BTreeMap<String, String>,
+    pub network: Option<String>,
+    pub weight: Option<u32>,
+    pub locality: Option<crate::node::Locality>,
+}
+
+/// What a ServiceEntry says about one of its hosts.
+#[derive(Debug, Clone)]
+pub struct ServiceEntryInfo {
+    /// The ServiceEntry's name.
+    pub name: String,
+    /// MESH_EXTERNAL: the endpoints run no sidecar, so no automatic mutual
+    /// TLS.
+    pub mesh_external: bool,
+    pub resolution: Resolution,
+    pub endpoints: Vec<EntryEndpoint>,
+    /// The identities the endpoints may present (secure naming).
+    pub subject_alt_names: Vec<String>,
+}
+
+/// The port an endpoint of a ServiceEntry serves a service port on: the
+/// endpoint's port of the same name, else the target port.
+fn entry_target_port(port: &ServicePort, named: &BTreeMap<String, u16>) -> u16 {
+    port.name
+        .as_ref()
+        .and_then(|name| named.get(name).copied())
+        .unwrap_or(match port.target_port {
+            TargetPort::Number(n) => n,
+            TargetPort::Named(_) => port.port,
+        })
+}
+
+impl Service {
+    /// Whether the service should get a virtual IP when it declares none:
+    /// not for wildcard hosts, nor for `resolution: NONE` entries, whose
+    /// clients connect to the real address (Istio allocates none either).
+    fn wants_address(&self) -> bool {
+        match &self.entry {
+            None => true,
+            Some(entry) => !self.hostname.contains('*') && entry.resolution != Resolution::None,
+        }
+    }
+
+    /// Whether the service comes from a ServiceEntry marked MESH_EXTERNAL.
+    pub fn mesh_external(&self) -> bool {
+        self.entry.as_ref().is_some_and(|e| e.mesh_external)
+    }
+
+    /// The endpoint port a service port maps to for an inline ServiceEntry
+    /// endpoint.
+    pub fn entry_port(port: &ServicePort, endpoint: &EntryEndpoint) -> u16 {
+        entry_target_port(port, &endpoint.ports)
+    }
+}
+
+impl Model {
+    /// One service per host of a ServiceEntry. A host that a Kubernetes
+    /// Service or an earlier entry already declares keeps that one.
+    fn add_service_entry(&mut self, config: &Config<mizzen_api::networking::ServiceEntry>) {
+        use mizzen_api::networking::{Location, Resolution as ApiResolution};
+        let spec = &config.spec;
+        let what = format!("ServiceEntry {}/{}", config.namespace, config.name);
+        let resolution = match spec.resolution {
+            None | Some(ApiResolution::None) => Resolution::None,
+            Some(ApiResolution::Static) => Resolution::Static,
+            Some(ApiResolution::Dns) | Some(ApiResolution::DynamicDns) => Resolution::Dns,
+            Some(ApiResolution::DnsRoundRobin) => Resolution::DnsRoundRobin,
+        };
+        let mut ports = Vec::new();
+        for port in &spec.ports {
+            let (Ok(number), Ok(target)) = (
+                u16::try_from(port.number),
+                u16::try_from(port.target_port.unwrap_or(port.number)),
+            ) else {
+                self.warnings
+                    .push(format!("{what}: port {} is out of range", port.number));
+                continue;
+            };
+            ports.push(ServicePort {
+                name: Some(port.name.clone()),
+                port: number,
+                target_port: TargetPort::Number(target),
+                protocol: Protocol::from_port(Some(&port.name), port.protocol.as_deref()),
+            });
+        }
+        let endpoints: Vec<EntryEndpoint> = spec
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                let address = e.address.clone()?;
+                Some(EntryEndpoint {
+                    address,
+                    ports: e
+                        .ports
+                        .iter()
+                        .filter_map(|(name, p)| Some((name.clone(), u16::try_from(*p).ok()?)))
+                        .collect(),
+                    labels: e.labels.clone(),
+                    network: e.network.clone(),
+                    weight: e.weight,
+                    locality: match &e.locality {
+                        Some(text) => crate::node::Locality::parse(text),
+                        None => crate::node::Locality::from_labels(&e.labels),
+                    },
+                })
+            })
+            .collect();
+        if resolution == Resolution::Static
+            && let Some(bad) = endpoints
+                .iter()
+                .find(|e| e.address.parse::<IpAddr>().is_err())
+        {
+            self.warnings.push(format!(
+                "{what}: endpoint address {:?} is not an IP address, which resolution STATIC needs",
+                bad.address
+            ));
+        }
+        // Only single IP addresses make virtual IPs (a CIDR range does not),
+        // and only the first host gets them: two hosts on one address would
+        // claim the same listener and route domains.
+        let mut address = spec
+            .addresses
+            .iter()
+            .find_map(|a| a.strip_suffix("/32").unwrap_or(a).parse::<IpAddr>().ok());
+        for host in &spec.hosts {
+            if self.services.contains_key(host) {
+                self.warnings.push(format!(
+                    "{what}: host {host} is already declared; this entry's is ignored"
+                ));
+                continue;
+            }
+            let info = ServiceEntryInfo {
+                name: config.name.clone(),
+                mesh_external: spec.location != Some(Location::MeshInternal),
+                resolution,
+                endpoints: endpoints.clone(),
+                subject_alt_names: spec.subject_alt_names.clone(),
+            };
+            self.services.insert(
+                host.clone(),
+                Service {
+                    hostname: host.clone(),
+                    name: host.clone(),
+                    namespace: config.namespace.clone(),
+                    ports: ports.clone(),
+                    selector: spec
+                        .workload_selector
+                        .as_ref()
+                        .map(|s| s.labels.clone().into_iter().collect()),
+                    address: address.take(),
+                    export_to: spec.export_to.clone(),
+                    entry: Some(info),
+                },
+            );
+        }
+    }
+
+    /// The inline endpoints of an entry with IP addresses, for EDS.
+    fn entry_ip_endpoints(
+        &self,
+        entry: &ServiceEntryInfo,
+        port: &ServicePort,
+        subset: Option<&BTreeMap<String, String>>,
+    ) -> Vec<Endpoint> {
+        entry
+            .endpoints
+            .iter()
+            .filter(|e| subset.is_none_or(|labels| labels_match(labels, &e.labels)))
+            .filter_map(|e| {
+                let address = e.address.parse().ok()?;
+                let tls_mode = e.labels.get(mizzen_api::TLS_MODE_LABEL).map(String::as_str);
+                Some(Endpoint {
+                    address,
+                    port: Service::entry_port(port, e),
+                    labels: e.labels.clone(),
+                    mtls: self.mtls && !entry.mesh_external && tls_mode == Some("istio"),
+                    locality: e.locality.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The services a proxy gets configuration for: those exported to its
+    /// namespace and, for a sidecar whose Sidecar resource lists egress
+    /// hosts, those the hosts name (Istio's sidecar scoping).
+    pub fn visible_services<'a>(
+        &'a self,
+        proxy: &'a crate::node::ProxyNode,
+    ) -> impl Iterator<Item = &'a Service> + 'a {
+        let egress = self.egress_hosts(proxy);
+        self.services.values().filter(move |service| {
+            Self::exported(&service.export_to, &service.namespace, &proxy.namespace)
+                && egress.as_ref().is_none_or(|hosts| {
+                    hosts
+                        .iter()
+                        .any(|(ns, host)| egress_host_covers(ns, host, service, &proxy.namespace))
+                })
+        })
+    }
+
+    /// The `egress[].hosts` of the Sidecar resource of a sidecar proxy, as
+    /// (namespace, host) pairs; None when nothing restricts it.
+    fn egress_hosts(&self, proxy: &crate::node::ProxyNode) -> Option<Vec<(String, String)>> {
+        if proxy.kind != crate::node::ProxyKind::Sidecar {
+            return None;
+        }
+        let sidecar = self.sidecar_for(&proxy.namespace, &proxy.labels)?;
+        if sidecar.spec.egress.is_empty() {
+            return None;
+        }
+        Some(
+            sidecar
+                .spec
+                .egress
+                .iter()
+                .flat_map(|e| e.hosts.iter())
+                .map(|h| match h.split_once('/') {
+                    Some((ns, host)) => (ns.to_string(), host.to_string()),
+                    None => ("*".to_string(), h.clone()),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Whether a Sidecar egress host `namespace/host` takes in a service, seen
+/// from a proxy in `proxy_namespace` (`.` is the proxy's namespace, `~` no
+/// namespace at all).
+fn egress_host_covers(
+    namespace: &str,
+    host: &str,
+    service: &Service,
+    proxy_namespace: &str,
+) -> bool {
+    let namespace_ok = match namespace {
+        "*" => true,
+        "~" => false,
+        "." => service.namespace == proxy_namespace,
+        ns => service.namespace == ns,
+    };
+    namespace_ok && crate::translate::host_covers(host, &service.hostname)
+}

@@ -39,6 +39,63 @@ pub struct ProxyNode {
     /// always uses localhost; the loopback runtime gives each app its own
     /// loopback address so that many apps share the host.
     pub app_host: IpAddr,
+    /// Where the proxy runs, when its node says so: the Envoy node's
+    /// `locality`, else the `istio-locality` or topology labels. Without
+    /// it, translation falls back to the locality of the proxy's workload.
+    pub locality: Option<Locality>,
+}
+
+/// Istio's locality, `region/zone/subzone`: what locality load balancing
+/// compares between a proxy and the endpoints it sends to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub sub_zone: String,
+}
+
+/// The pod label Istio reads a locality from (`region.zone.subzone`: label
+/// values cannot hold `/`).
+pub const LOCALITY_LABEL: &str = "istio-locality";
+const REGION_LABEL: &str = "topology.kubernetes.io/region";
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+
+impl Locality {
+    /// `region/zone/subzone`, trailing parts optional; `None` when empty.
+    pub fn parse(text: &str) -> Option<Locality> {
+        let mut parts = text.trim().splitn(3, '/').map(str::to_string);
+        let locality = Locality {
+            region: parts.next().unwrap_or_default(),
+            zone: parts.next().unwrap_or_default(),
+            sub_zone: parts.next().unwrap_or_default(),
+        };
+        (!locality.is_empty()).then_some(locality)
+    }
+
+    /// From Istio's labels: `istio-locality`, else the topology labels.
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> Option<Locality> {
+        if let Some(value) = labels.get(LOCALITY_LABEL) {
+            return Locality::parse(&value.replace('.', "/"));
+        }
+        let get = |key: &str| labels.get(key).cloned().unwrap_or_default();
+        let locality = Locality {
+            region: get(REGION_LABEL),
+            zone: get(ZONE_LABEL),
+            sub_zone: get(SUBZONE_LABEL),
+        };
+        (!locality.is_empty()).then_some(locality)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty() && self.zone.is_empty() && self.sub_zone.is_empty()
+    }
+}
+
+impl std::fmt::Display for Locality {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.region, self.zone, self.sub_zone)
+    }
 }
 
 /// Node metadata key naming the app's address in the loopback runtime.
@@ -121,10 +178,20 @@ impl ProxyNode {
             ip,
             name,
             namespace,
-            labels,
             service_account: string("SERVICE_ACCOUNT").unwrap_or_else(|| "default".to_string()),
             interception,
             app_host,
+            locality: node
+                .locality
+                .as_ref()
+                .map(|l| Locality {
+                    region: l.region.clone(),
+                    zone: l.zone.clone(),
+                    sub_zone: l.sub_zone.clone(),
+                })
+                .filter(|l| !l.is_empty())
+                .or_else(|| Locality::from_labels(&labels)),
+            labels,
         })
     }
 }
@@ -157,6 +224,32 @@ mod tests {
         assert_eq!(proxy.labels["app"], "service-b");
         assert_eq!(proxy.service_account, "service-b");
         assert_eq!(proxy.interception, InterceptionMode::Redirect);
+    }
+
+    #[test]
+    fn locality_from_the_node_then_the_labels() {
+        let id = "sidecar~10.1.0.7~a.ns~ns.svc.cluster.local";
+        let mut n = node(
+            id,
+            serde_json::json!({"LABELS": {"istio-locality": "r1.z1.s1"}}),
+        );
+        let proxy = ProxyNode::from_node(&n).unwrap();
+        assert_eq!(proxy.locality, Locality::parse("r1/z1/s1"));
+        n.locality = Some(mizzen_xds::pb::envoy::config::core::v3::Locality {
+            region: "r2".into(),
+            zone: "z2".into(),
+            ..Default::default()
+        });
+        let proxy = ProxyNode::from_node(&n).unwrap();
+        assert_eq!(proxy.locality.unwrap().to_string(), "r2/z2/");
+        let proxy = ProxyNode::from_node(&node(
+            id,
+            serde_json::json!({"LABELS": {"topology.kubernetes.io/region": "r3"}}),
+        ))
+        .unwrap();
+        assert_eq!(proxy.locality, Locality::parse("r3"));
+        let proxy = ProxyNode::from_node(&node(id, serde_json::json!({}))).unwrap();
+        assert_eq!(proxy.locality, None);
     }
 
     #[test]

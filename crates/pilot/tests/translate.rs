@@ -7,15 +7,17 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use mizzen_pilot::config::{ConfigSnapshot, ConfigStore};
-use mizzen_pilot::model::Model;
+use mizzen_pilot::model::{MeshSettings, Model};
 use mizzen_pilot::node::{InterceptionMode, ProxyKind, ProxyNode};
 
-fn model(dir: &Path) -> Model {
+fn model(dir: &Path, mtls: bool) -> Model {
     let mut store = ConfigStore::new(dir);
     store.rescan();
     let snapshot: ConfigSnapshot = store.snapshot();
     assert!(snapshot.problems.is_empty(), "{:?}", snapshot.problems);
-    Model::build(&snapshot, "cluster.local")
+    let mut settings = MeshSettings::new("cluster.local");
+    settings.mtls = mtls;
+    Model::build_with(&snapshot, &settings)
 }
 
 fn proxy(
@@ -46,6 +48,7 @@ fn proxy(
         service_account: "default".to_string(),
         interception: InterceptionMode::None,
         app_host: "127.0.0.1".parse().unwrap(),
+        locality: None,
     }
 }
 
@@ -58,10 +61,15 @@ fn captured(proxy: ProxyNode) -> ProxyNode {
 }
 
 fn check(case: &str, file: &str, proxy: &ProxyNode) {
+    check_mesh(case, file, proxy, false)
+}
+
+/// `mtls`: the pilot runs a CA, so the mesh runs mutual TLS.
+fn check_mesh(case: &str, file: &str, proxy: &ProxyNode, mtls: bool) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
         .join(case);
-    let model = model(&dir);
+    let model = model(&dir, mtls);
     let actual =
         serde_json::to_string_pretty(&mizzen_pilot::translate::dump(&model, proxy)).unwrap() + "\n";
     let expected_path = dir.join(file);
@@ -132,4 +140,22 @@ fn captured_sidecar_with_http_tcp_and_sniffed_ports() {
             &[("app", "web")],
         )),
     );
+}
+
+#[test]
+fn mutual_tls_peer_authentication_and_destination_rule_tls() {
+    let web = proxy(
+        ProxyKind::Sidecar,
+        "10.213.0.5",
+        "web-1",
+        "shop",
+        &[("app", "web")],
+    );
+    check_mesh(
+        "mtls",
+        "web-sidecar-captured.json",
+        &captured(web.clone()),
+        true,
+    );
+    check_mesh("mtls", "web-sidecar-loopback.json", &web, true);
 }

@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use mizzen_xds::pb;
+
 use crate::state::{Applied, ConfigState, Readiness};
 
 /// What the admin handlers read.
@@ -33,7 +35,21 @@ pub(crate) struct AdminContext {
     pub quit: watch::Sender<bool>,
 }
 
+/// Which server a listening socket belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Port {
+    Admin,
+    /// Istio's status port: `/healthz/ready`.
+    Status,
+    /// Istio's merged metrics port: `/stats/prometheus`.
+    Prometheus,
+}
+
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<AdminContext>) {
+    serve_port(listener, ctx, Port::Admin).await
+}
+
+pub(crate) async fn serve_port(listener: TcpListener, ctx: Arc<AdminContext>, port: Port) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(a) => a,
@@ -47,13 +63,36 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<AdminContext>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(req, &ctx)) }
+                async move {
+                    Ok::<_, Infallible>(match port {
+                        Port::Admin => handle(req, &ctx),
+                        Port::Status | Port::Prometheus => handle_port(req, &ctx, port),
+                    })
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// The status and metrics ports answer one path each.
+fn handle_port(req: Request<Incoming>, ctx: &AdminContext, port: Port) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    match (port, req.method(), path) {
+        (Port::Status, &Method::GET | &Method::HEAD, "/healthz/ready") => {
+            if *ctx.state.readiness().borrow() == Readiness::Live {
+                text(StatusCode::OK, String::new())
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string())
+            }
+        }
+        (Port::Prometheus, &Method::GET, "/stats/prometheus") => {
+            text(StatusCode::OK, ctx.state.data.stats.render_prometheus())
+        }
+        _ => text(StatusCode::NOT_FOUND, format!("invalid path: {path}\n")),
     }
 }
 
@@ -75,6 +114,7 @@ fn handle(req: Request<Incoming>, ctx: &AdminContext) -> Response<Full<Bytes>> {
         }
         (&Method::GET, "/stats/prometheus") => text(StatusCode::OK, ctx.state.data.stats.render_prometheus()),
         (&Method::GET, "/server_info") => json_response(server_info(ctx)),
+        (&Method::GET, "/certs") => json_response(certs(ctx)),
         (&Method::GET, "/listeners") => {
             let mut s = String::new();
             for (name, addr) in ctx.state.all_listener_addresses() {
@@ -89,7 +129,7 @@ fn handle(req: Request<Incoming>, ctx: &AdminContext) -> Response<Full<Bytes>> {
         (_, "/quitquitquit") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n".to_string()),
         (&Method::GET, "/") => text(
             StatusCode::OK,
-            "admin commands are:\n  /config_dump\n  /listeners\n  /quitquitquit (POST)\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n"
+            "admin commands are:\n  /certs\n  /config_dump\n  /listeners\n  /quitquitquit (POST)\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n"
                 .to_string(),
         ),
         _ => text(StatusCode::NOT_FOUND, format!("invalid path: {path}\n")),
@@ -253,7 +293,115 @@ pub(crate) fn config_dump(ctx: &AdminContext) -> Value {
         listeners,
     );
     push("RoutesConfigDump", "", "dynamic_route_configs", routes);
+    push(
+        "SecretsConfigDump",
+        "",
+        "dynamic_active_secrets",
+        secrets_dump(ctx, &dump.secrets.1),
+    );
     json!({ "configs": configs })
+}
+
+/// The secrets in use, as `istioctl proxy-config secret` reads them: the
+/// workload certificate (`default`) and roots (`ROOTCA`) as the agent would
+/// have sent them, then the Secrets received over ADS; keys redacted.
+fn secrets_dump(
+    ctx: &AdminContext,
+    ads: &[Applied<pb::envoy::extensions::transport_sockets::tls::v3::Secret, ()>],
+) -> Vec<Value> {
+    use pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
+    use pb::envoy::extensions::transport_sockets::tls::v3::{
+        CertificateValidationContext, Secret, TlsCertificate, secret,
+    };
+    let inline = |b: &[u8]| DataSource {
+        specifier: Some(Specifier::InlineBytes(b.to_vec())),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let item = |name: &str, version: &str, updated: SystemTime, secret: &Secret| {
+        json!({
+            "name": name,
+            "version_info": version,
+            "last_updated": rfc3339(updated),
+            "secret": mizzen_xds::json::secret(secret),
+        })
+    };
+    if let Some(m) = ctx.state.data.secrets.identity() {
+        let cert = m.current();
+        let version = rfc3339(cert.received_at());
+        let default = Secret {
+            name: "default".into(),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: Some(inline(cert.chain_pem().as_bytes())),
+                private_key: Some(inline(b"")),
+                ..Default::default()
+            })),
+        };
+        let roots = Secret {
+            name: "ROOTCA".into(),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(inline(cert.roots_pem().as_bytes())),
+                    ..Default::default()
+                },
+            )),
+        };
+        out.push(item("default", &version, cert.received_at(), &default));
+        out.push(item("ROOTCA", &version, cert.received_at(), &roots));
+    }
+    for a in ads {
+        out.push(item(&a.proto.name, &a.version, a.last_updated, &a.proto));
+    }
+    out
+}
+
+/// `/certs` in Envoy's shape: per secret, its CA certificates and chain.
+fn certs(ctx: &AdminContext) -> Value {
+    use crate::config::tls::CompiledSecret;
+    let secrets = &ctx.state.data.secrets;
+    let mut certificates = Vec::new();
+    if let Some(m) = secrets.identity() {
+        let cert = m.current();
+        let roots = mizzen_identity::x509::parse_certs_pem(cert.roots_pem()).unwrap_or_default();
+        certificates.push(json!({
+            "ca_cert": roots.iter().map(|c| cert_json(c)).collect::<Vec<_>>(),
+            "cert_chain": cert.certificates().iter().map(|c| cert_json(c)).collect::<Vec<_>>(),
+        }));
+    }
+    for (_, s) in secrets.ads().iter() {
+        certificates.push(match s {
+            CompiledSecret::Certificate(k) => json!({
+                "ca_cert": [],
+                "cert_chain": k.cert.iter().map(|c| cert_json(c)).collect::<Vec<_>>(),
+            }),
+            CompiledSecret::Validation(r) => json!({
+                "ca_cert": r.certs.iter().map(|c| cert_json(c)).collect::<Vec<_>>(),
+                "cert_chain": [],
+            }),
+        });
+    }
+    json!({ "certificates": certificates })
+}
+
+fn cert_json(der: &[u8]) -> Value {
+    let Ok(info) = mizzen_identity::x509::inspect(der) else {
+        return json!({"path": "<inline>"});
+    };
+    let mut sans: Vec<Value> = info.uri_sans.iter().map(|u| json!({"uri": u})).collect();
+    sans.extend(info.dns_sans.iter().map(|d| json!({"dns": d})));
+    let days = info
+        .not_after
+        .duration_since(SystemTime::now())
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0);
+    json!({
+        "path": "<inline>",
+        "serial_number": info.serial,
+        "subject_alt_names": sans,
+        "days_until_expiration": days.to_string(),
+        "valid_from": rfc3339(info.not_before),
+        "expiration_time": rfc3339(info.not_after),
+    })
 }
 
 /// `{version_info, <key>: resource, last_updated}`, Envoy's per-resource entry.

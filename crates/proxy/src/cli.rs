@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mizzen_xds::client::Node;
 use serde_json::{Map, Value};
@@ -37,6 +38,42 @@ pub enum Command {
     /// Install (or remove) the iptables rules that capture a pod's traffic,
     /// like Istio's istio-iptables, in the current network namespace.
     Capture(CaptureArgs),
+    /// Play Istio's pilot-agent for an Envoy beside it: obtain the workload
+    /// certificate from the CA, renew it, and serve it over SDS (`default`,
+    /// `ROOTCA`) on a Unix socket that Envoy's `sds-grpc` cluster points at.
+    Agent(AgentArgs),
+}
+
+/// `mizzen-proxy agent`'s flags.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The SDS socket (Istio: ./var/run/secrets/workload-spiffe-uds/socket).
+    #[arg(long, default_value = mizzen_identity::sds::DEFAULT_SOCKET_PATH)]
+    pub sds_socket: std::path::PathBuf,
+    /// Istio's CA (`https://istiod:15012`, or `host:port`).
+    #[arg(long, env = "CA_ADDR")]
+    pub ca_address: String,
+    /// PEM roots that verify the CA's serving certificate.
+    #[arg(long, default_value = "/var/run/secrets/istio/root-cert.pem")]
+    pub ca_root_cert: std::path::PathBuf,
+    /// Bearer token sent to the CA, re-read for every request.
+    #[arg(long, default_value = "/var/run/secrets/tokens/istio-token")]
+    pub token_file: std::path::PathBuf,
+    /// Trust domain of the workload identity.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// The workload's namespace (env `POD_NAMESPACE`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// The workload's service account (env `SERVICE_ACCOUNT`).
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
+    pub service_account: String,
+    /// Lifetime asked for the workload certificate (e.g. `24h`).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub cert_ttl: Duration,
+    /// Log filter (`info`, `mizzen_identity=debug`...); env `MIZZEN_LOG` wins.
+    #[arg(long, default_value = "info")]
+    pub log: String,
 }
 
 /// `istio-iptables`' flags, with the values Istio's injector gives a sidecar
@@ -251,6 +288,62 @@ pub struct ProxyArgs {
     /// Log filter (`info`, `mizzen_proxy=debug`...); env `MIZZEN_LOG` wins.
     #[arg(long, default_value = "info")]
     pub log: String,
+    /// Istio's CA (`https://istiod:15012`, or `host:port`). With it, the
+    /// proxy obtains a workload certificate for
+    /// `spiffe://<trust-domain>/ns/<NAMESPACE>/sa/<SERVICE_ACCOUNT>` before
+    /// starting, renews it at half-life, and serves it as SDS `default` and
+    /// `ROOTCA` (what pilot-agent does for Envoy).
+    #[arg(long, env = "CA_ADDR")]
+    pub ca_address: Option<String>,
+    /// PEM roots that verify the CA's serving certificate.
+    #[arg(long, default_value = "/var/run/secrets/istio/root-cert.pem")]
+    pub ca_root_cert: std::path::PathBuf,
+    /// Bearer token sent to the CA, re-read for every request.
+    #[arg(long, default_value = "/var/run/secrets/tokens/istio-token")]
+    pub token_file: std::path::PathBuf,
+    /// Trust domain of the workload identity.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Lifetime asked for the workload certificate (e.g. `24h`).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub cert_ttl: Duration,
+    /// Istio's status port for sidecars (`/healthz/ready`, plaintext); 0 disables.
+    #[arg(long, default_value_t = 15021)]
+    pub status_port: u16,
+    /// Prometheus port for sidecars (`/stats/prometheus`, plaintext); 0 disables.
+    #[arg(long, default_value_t = 15090)]
+    pub prometheus_port: u16,
+}
+
+impl ProxyArgs {
+    /// The status and Prometheus addresses: sidecars only, on all addresses
+    /// (each pod has its own network namespace).
+    pub fn status_addresses(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        let at = |port: u16| {
+            (self.role == Role::Sidecar && port != 0)
+                .then(|| SocketAddr::from(([0, 0, 0, 0], port)))
+        };
+        (at(self.status_port), at(self.prometheus_port))
+    }
+}
+
+/// The workload identity the CA is asked for, from the node metadata.
+pub fn workload_identity(
+    trust_domain: &str,
+    node: &Node,
+) -> anyhow::Result<mizzen_identity::Identity> {
+    let get = |k: &str| {
+        node.metadata
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string()
+    };
+    Ok(mizzen_identity::Identity::new(
+        trust_domain,
+        get("NAMESPACE"),
+        get("SERVICE_ACCOUNT"),
+    )?)
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -270,7 +363,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m)")),
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m, h)")),
     };
     Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
@@ -394,6 +488,7 @@ where
     let result = match cli.command {
         Command::Proxy(args) => run_proxy(args),
         Command::Capture(args) => run_capture(&args),
+        Command::Agent(args) => run_agent(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -402,6 +497,43 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    init_logging(&args.log)?;
+    let identity =
+        mizzen_identity::Identity::new(&args.trust_domain, &args.namespace, &args.service_account)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let root = std::fs::read_to_string(&args.ca_root_cert)
+            .with_context(|| format!("reading the CA root {}", args.ca_root_cert.display()))?;
+        let token = mizzen_identity::workload::TokenSource::File(args.token_file.clone());
+        let manager = mizzen_identity::workload::start_remote(
+            &args.ca_address,
+            &root,
+            token,
+            identity,
+            args.cert_ttl,
+        )
+        .await
+        .context("obtaining the workload certificate")?;
+        tracing::info!(
+            serial = %manager.current().serial(),
+            socket = %args.sds_socket.display(),
+            "workload certificate ready; serving SDS"
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            served = mizzen_identity::sds::run_agent(std::sync::Arc::new(manager), &args.sds_socket) => {
+                served.context("SDS server")?;
+            }
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+            _ = term.recv() => tracing::info!("terminated"),
+        }
+        anyhow::Ok(())
+    })
 }
 
 fn run_capture(args: &CaptureArgs) -> anyhow::Result<()> {
@@ -447,11 +579,17 @@ fn run_capture(args: &CaptureArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
-    let filter = std::env::var("MIZZEN_LOG").unwrap_or_else(|_| args.log.clone());
+/// Logs to stderr with `MIZZEN_LOG`, else `default`, as the filter.
+fn init_logging(default: &str) -> anyhow::Result<()> {
+    let filter = std::env::var("MIZZEN_LOG").unwrap_or_else(|_| default.to_string());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter)?)
         .init();
+    Ok(())
+}
+
+fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    init_logging(&args.log)?;
     let node = build_node(&args, &ProcessEnv);
     let metadata = Value::Object(node.metadata.clone()).to_string();
     tracing::info!(
@@ -480,14 +618,33 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         .thread_name("mizzen-worker")
         .enable_all()
         .build()?;
-    let opts = ProxyOptions {
+    let (status_address, prometheus_address) = args.status_addresses();
+    let identity = match &args.ca_address {
+        Some(_) => Some(workload_identity(&args.trust_domain, &node)?),
+        None => None,
+    };
+    let mut opts = ProxyOptions {
         admin_address: args.admin_address,
         concurrency: args.concurrency.max(1),
         drain_timeout: args.drain_timeout,
         control_runtime: Some(control_handle),
+        status_address,
+        prometheus_address,
         ..ProxyOptions::new(args.xds_address.clone(), node)
     };
     let result = data.block_on(async move {
+        if let (Some(ca), Some(identity)) = (&args.ca_address, identity) {
+            let root = std::fs::read_to_string(&args.ca_root_cert)
+                .with_context(|| format!("reading the CA root {}", args.ca_root_cert.display()))?;
+            let token = mizzen_identity::workload::TokenSource::File(args.token_file.clone());
+            tracing::info!(%ca, identity = %identity, "requesting the workload certificate");
+            let manager =
+                mizzen_identity::workload::start_remote(ca, &root, token, identity, args.cert_ttl)
+                    .await
+                    .context("obtaining the workload certificate")?;
+            tracing::info!(serial = %manager.current().serial(), "workload certificate ready");
+            opts.identity = Some(std::sync::Arc::new(manager));
+        }
         let proxy = Proxy::start(opts).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -516,8 +673,35 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Proxy(a) => a,
-            Command::Capture(_) => panic!("not the proxy subcommand"),
+            Command::Capture(_) | Command::Agent(_) => panic!("not the proxy subcommand"),
         }
+    }
+
+    #[test]
+    fn agent_flags() {
+        let cli = Cli::try_parse_from([
+            "mizzen-proxy",
+            "agent",
+            "--ca-address",
+            "https://10.213.0.1:15012",
+            "--namespace",
+            "shop",
+            "--service-account",
+            "cart",
+        ])
+        .unwrap();
+        let Command::Agent(agent) = cli.command else {
+            panic!("not the agent subcommand")
+        };
+        assert_eq!(agent.ca_address, "https://10.213.0.1:15012");
+        assert_eq!(
+            agent.sds_socket,
+            std::path::PathBuf::from(mizzen_identity::sds::DEFAULT_SOCKET_PATH)
+        );
+        assert_eq!(
+            (agent.namespace.as_str(), agent.service_account.as_str()),
+            ("shop", "cart")
+        );
     }
 
     #[test]
@@ -581,7 +765,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Capture(a) => a,
-            Command::Proxy(_) => panic!("not the capture subcommand"),
+            Command::Proxy(_) | Command::Agent(_) => panic!("not the capture subcommand"),
         }
     }
 
@@ -650,6 +834,46 @@ mod tests {
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert!(parse_duration("3h").is_err());
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn identity_and_status_flags() {
+        let a = args(&[
+            "--ca-address",
+            "https://10.213.0.1:15012",
+            "--service-account",
+            "sleep",
+            "--pod-namespace",
+            "demo",
+            "--trust-domain",
+            "example.org",
+            "--cert-ttl",
+            "1h",
+        ]);
+        assert_eq!(a.ca_address.as_deref(), Some("https://10.213.0.1:15012"));
+        assert_eq!(a.cert_ttl, Duration::from_secs(3600));
+        let node = build_node(&a, &BTreeMap::new());
+        assert_eq!(
+            workload_identity(&a.trust_domain, &node).unwrap().to_uri(),
+            "spiffe://example.org/ns/demo/sa/sleep"
+        );
+        assert_eq!(
+            a.status_addresses(),
+            (
+                Some("0.0.0.0:15021".parse().unwrap()),
+                Some("0.0.0.0:15090".parse().unwrap())
+            )
+        );
+        assert_eq!(args(&["--status-port", "0"]).status_addresses().0, None);
+        let router = match Cli::try_parse_from(["mizzen-proxy", "proxy", "router"])
+            .unwrap()
+            .command
+        {
+            Command::Proxy(a) => a,
+            Command::Capture(_) | Command::Agent(_) => unreachable!(),
+        };
+        assert_eq!(router.status_addresses(), (None, None));
     }
 }

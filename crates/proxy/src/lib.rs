@@ -4,7 +4,9 @@
 //! Cluster, ClusterLoadAssignment) from `mizzen-pilot` over ADS, compiles the
 //! subset of Envoy's API that the pilot emits into immutable structures
 //! ([`config`]), and serves HTTP/1.1 and h2c with Envoy's routing semantics,
-//! local replies and response flags, and TCP through the TCP proxy filter.
+//! local replies and response flags, and TCP through the TCP proxy filter;
+//! TLS transport sockets terminate and originate (m)TLS with certificates
+//! from SDS ([`tls`]).
 //! As a sidecar it takes traffic captured by iptables ([`capture`] installs
 //! the rules): outbound on 15001, handed off by original destination to
 //! per-service listeners, and inbound on 15006 ([`listener`]). A resource
@@ -27,6 +29,7 @@ pub mod record;
 pub mod state;
 pub mod stats;
 pub mod tcp;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -68,6 +71,16 @@ pub struct ProxyOptions {
     /// How connections' original destinations are found; `None` reads
     /// `SO_ORIGINAL_DST` ([`SocketOriginalDst`]). Tests substitute their own.
     pub original_dst: Option<Arc<dyn OriginalDst>>,
+    /// The workload certificate, served as the SDS secrets `default` and
+    /// `ROOTCA` (the proxy stands in for Istio's pilot-agent). Without it,
+    /// resources that name them are refused.
+    pub identity: Option<Arc<mizzen_identity::CertificateManager>>,
+    /// Istio's status port (15021): plaintext `GET /healthz/ready`,
+    /// 200 once configuration is applied. `None`: not served.
+    pub status_address: Option<SocketAddr>,
+    /// Istio's merged metrics port (15090): `GET /stats/prometheus` in
+    /// plaintext. `None`: not served.
+    pub prometheus_address: Option<SocketAddr>,
 }
 
 impl ProxyOptions {
@@ -82,6 +95,9 @@ impl ProxyOptions {
             control_runtime: None,
             observer: None,
             original_dst: None,
+            identity: None,
+            status_address: None,
+            prometheus_address: None,
         }
     }
 }
@@ -94,6 +110,12 @@ impl std::fmt::Debug for ProxyOptions {
             .field("admin_address", &self.admin_address)
             .field("concurrency", &self.concurrency)
             .field("drain_timeout", &self.drain_timeout)
+            .field(
+                "identity",
+                &self.identity.as_ref().map(|m| m.identity().to_uri()),
+            )
+            .field("status_address", &self.status_address)
+            .field("prometheus_address", &self.prometheus_address)
             .finish_non_exhaustive()
     }
 }
@@ -139,10 +161,14 @@ impl Proxy {
             .original_dst
             .clone()
             .unwrap_or_else(|| Arc::new(SocketOriginalDst));
+        let secrets = Arc::new(tls::Secrets::new(
+            opts.identity.as_ref().map(|m| (**m).clone()),
+        ));
         let state = Arc::new(ConfigState::new(
             stats,
             opts.observer.clone(),
             original_dst,
+            secrets,
             data_runtime,
             opts.drain_timeout,
         ));
@@ -164,7 +190,22 @@ impl Proxy {
             started_at: SystemTime::now(),
             quit: quit_tx,
         });
-        let mut tasks = vec![control.spawn(admin::serve(admin_listener, ctx))];
+        let mut tasks = vec![control.spawn(admin::serve(admin_listener, ctx.clone()))];
+        // Health and metrics ports stay plaintext whatever the mesh's mTLS
+        // mode, as Istio documents for 15021 and 15090.
+        for (address, kind) in [
+            (opts.status_address, admin::Port::Status),
+            (opts.prometheus_address, admin::Port::Prometheus),
+        ] {
+            let Some(address) = address else { continue };
+            let socket = listener::bind(address)
+                .with_context(|| format!("cannot bind {address} ({kind:?} port)"))?;
+            let l = {
+                let _guard = control.enter();
+                tokio::net::TcpListener::from_std(socket)?
+            };
+            tasks.push(control.spawn(admin::serve_port(l, ctx.clone(), kind)));
+        }
         if !opts.xds_address.is_empty() {
             let config = ClientConfig {
                 address: opts.xds_address.clone(),

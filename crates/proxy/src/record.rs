@@ -115,6 +115,10 @@ pub struct RequestRecord {
     /// Set on local replies: why the proxy answered itself
     /// (`route_not_found`, `no_healthy_upstream`...), as Envoy's `%RESPONSE_CODE_DETAILS%`.
     pub details: &'static str,
+    /// The downstream peer's identity (first URI SAN of its certificate) on
+    /// a TLS connection that presented one, as Envoy's
+    /// `%DOWNSTREAM_PEER_URI_SAN%` (the principal of authorization policies).
+    pub downstream_peer_principal: Option<Arc<str>>,
 }
 
 /// One connection through the TCP proxy filter, completed when it closes.
@@ -141,6 +145,10 @@ pub struct ConnectionRecord {
     /// Bytes written to the downstream connection (received from upstream).
     pub bytes_sent: u64,
     pub flags: ResponseFlags,
+    /// The downstream peer's identity on a TLS connection (first URI SAN).
+    pub downstream_peer_principal: Option<Arc<str>>,
+    /// The upstream server's identity when TLS was originated.
+    pub upstream_peer_principal: Option<Arc<str>>,
 }
 
 /// Receives every completed [`RequestRecord`] and [`ConnectionRecord`]

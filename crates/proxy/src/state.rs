@@ -18,9 +18,11 @@ use pb::envoy::config::cluster::v3::Cluster;
 use pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use pb::envoy::config::listener::v3::Listener;
 use pb::envoy::config::route::v3::RouteConfiguration;
+use pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use crate::config::tls::{CompiledSecret, SecretRef, UpstreamTls, compile_secret};
 use crate::config::{
     ClusterConfig, ConfigError, Discovery, EndpointSet, ListenerConfig, RouteTable, type_name,
 };
@@ -28,6 +30,7 @@ use crate::listener::handoff::HandoffTable;
 use crate::listener::{self, ActiveListener, ListenerHandle, ListenerShared, OriginalDst};
 use crate::record::RequestObserver;
 use crate::stats::{Stats, XdsStats};
+use crate::tls::Secrets;
 use crate::upstream::{ClusterEntry, Upstream};
 
 /// What the data path reads: route tables and clusters by name.
@@ -45,6 +48,8 @@ pub(crate) struct DataPlane {
     /// `bind_to_port: false` listeners by address, for hand-offs.
     pub handoff: ArcSwap<HandoffTable<Arc<ListenerShared>>>,
     pub original_dst: Arc<dyn OriginalDst>,
+    /// Certificates and trust anchors for TLS transport sockets.
+    pub secrets: Arc<Secrets>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -104,6 +109,7 @@ struct Store {
     routes: TypeState<RouteConfiguration, Arc<RouteTable>>,
     clusters: TypeState<Cluster, Arc<ClusterConfig>>,
     endpoints: TypeState<ClusterLoadAssignment, Arc<EndpointSet>>,
+    secrets: TypeState<Secret, CompiledSecret>,
     upstreams: HashMap<Arc<str>, Arc<Upstream>>,
     handles: Vec<ListenerHandle>,
     cds_applied: bool,
@@ -130,6 +136,7 @@ pub struct Dump {
     pub routes: (String, Vec<Applied<RouteConfiguration, ()>>),
     pub clusters: (String, Vec<Applied<Cluster, ()>>),
     pub endpoints: (String, Vec<Applied<ClusterLoadAssignment, ()>>),
+    pub secrets: (String, Vec<Applied<Secret, ()>>),
 }
 
 fn strip<P: Clone, C>(t: &TypeState<P, C>) -> (String, Vec<Applied<P, ()>>) {
@@ -152,6 +159,7 @@ impl ConfigState {
         stats: Arc<Stats>,
         observer: Option<Arc<dyn RequestObserver>>,
         original_dst: Arc<dyn OriginalDst>,
+        secrets: Arc<Secrets>,
         runtime: Handle,
         drain_timeout: Duration,
     ) -> ConfigState {
@@ -163,6 +171,7 @@ impl ConfigState {
                 observer,
                 handoff: ArcSwap::from_pointee(HandoffTable::default()),
                 original_dst,
+                secrets,
             }),
             runtime,
             drain_timeout,
@@ -185,6 +194,7 @@ impl ConfigState {
             routes: strip(&s.routes),
             clusters: strip(&s.clusters),
             endpoints: strip(&s.endpoints),
+            secrets: strip(&s.secrets),
         }
     }
 
@@ -220,6 +230,7 @@ impl ConfigState {
             type_url::ENDPOINT => &stats.eds,
             type_url::LISTENER => &stats.lds,
             type_url::ROUTE => &stats.rds,
+            type_url::SECRET => &stats.sds,
             other => return Err(format!("resource type {other} is not supported")),
         };
         xstats.update_attempt.inc();
@@ -231,6 +242,7 @@ impl ConfigState {
             type_url::CLUSTER => self.apply_clusters(&mut store, version, &resources),
             type_url::ENDPOINT => self.apply_endpoints(&mut store, version, &resources),
             type_url::LISTENER => self.apply_listeners(&mut store, version, &resources),
+            type_url::SECRET => self.apply_secrets(&mut store, version, &resources),
             _ => self.apply_routes(&mut store, version, &resources),
         };
         match &result {
@@ -252,6 +264,7 @@ impl ConfigState {
         let set = match type_url {
             type_url::ROUTE => wanted_routes(&store),
             type_url::ENDPOINT => wanted_endpoints(&store),
+            type_url::SECRET => wanted_secrets(&store),
             _ => BTreeSet::new(),
         };
         set.into_iter().collect()
@@ -268,7 +281,10 @@ impl ConfigState {
         let mut compiled = Vec::with_capacity(decoded.len());
         for c in decoded {
             match ClusterConfig::compile(&c) {
-                Ok(cfg) => compiled.push((c, Arc::new(cfg))),
+                Ok(cfg) => match self.check_secrets("cluster", &cfg.name, &cfg.secret_refs()) {
+                    Ok(()) => compiled.push((c, Arc::new(cfg))),
+                    Err(e) => errors.push(e),
+                },
                 Err(e) => errors.push(e),
             }
         }
@@ -289,7 +305,94 @@ impl ConfigState {
             .endpoints
             .resources
             .retain(|name, _| wanted.contains(name));
+        self.prune_secrets(store);
         Ok(())
+    }
+
+    /// The workload secrets exist only when the proxy has a certificate
+    /// manager; without one, resources naming them cannot work.
+    fn check_secrets(&self, kind: &str, name: &str, refs: &[SecretRef]) -> Result<(), ConfigError> {
+        if self.data.secrets.identity().is_some() {
+            return Ok(());
+        }
+        match refs
+            .iter()
+            .find(|r| matches!(r, SecretRef::Workload | SecretRef::RootCa))
+        {
+            None => Ok(()),
+            Some(r) => Err(ConfigError {
+                resource: format!("{kind} {name}"),
+                field: "transport_socket".to_string(),
+                problem: crate::config::Problem::Invalid(format!(
+                    "SDS secret {:?} is the workload certificate, and this proxy has none (start it with a CA address, or give it an identity)",
+                    r.name()
+                )),
+            }),
+        }
+    }
+
+    fn apply_secrets(
+        &self,
+        store: &mut Store,
+        version: &str,
+        resources: &[Any],
+    ) -> Result<(), String> {
+        let decoded: Vec<Secret> = decode_all(resources, "secret")?;
+        let mut errors = Vec::new();
+        let mut compiled = Vec::with_capacity(decoded.len());
+        for s in decoded {
+            match compile_secret(&s) {
+                Ok(c) => compiled.push((s, c)),
+                Err(e) => errors.push(e),
+            }
+        }
+        check_errors(
+            errors,
+            compiled.iter().map(|(s, _)| s.name.as_str()),
+            "secret",
+        )?;
+        // Like EDS, not a wildcard type: resources left out stay as they were.
+        for (proto, secret) in compiled {
+            upsert(
+                &mut store.secrets,
+                version,
+                proto.name.clone(),
+                proto,
+                secret,
+            );
+        }
+        store.secrets.version = version.to_string();
+        self.publish_secrets(store);
+        Ok(())
+    }
+
+    /// Forgets secrets no longer referenced, and republishes if any went.
+    fn prune_secrets(&self, store: &mut Store) {
+        let wanted = wanted_secrets(store);
+        let before = store.secrets.resources.len();
+        store
+            .secrets
+            .resources
+            .retain(|name, _| wanted.contains(name));
+        if store.secrets.resources.len() != before {
+            self.publish_secrets(store);
+        }
+    }
+
+    /// Hands the secrets still referenced to the data path.
+    fn publish_secrets(&self, store: &mut Store) {
+        let wanted = wanted_secrets(store);
+        store
+            .secrets
+            .resources
+            .retain(|name, _| wanted.contains(name));
+        let map = store
+            .secrets
+            .resources
+            .iter()
+            .map(|(name, a)| (Arc::from(name.as_str()), a.compiled.clone()))
+            .collect();
+        self.data.secrets.set_ads(map);
     }
 
     fn apply_endpoints(
@@ -367,7 +470,10 @@ impl ConfigState {
         let mut compiled = Vec::with_capacity(decoded.len());
         for l in decoded {
             match ListenerConfig::compile(&l) {
-                Ok(cfg) => compiled.push((l, Arc::new(cfg))),
+                Ok(cfg) => match self.check_secrets("listener", &cfg.name, &cfg.secret_refs()) {
+                    Ok(()) => compiled.push((l, Arc::new(cfg))),
+                    Err(e) => errors.push(e),
+                },
                 Err(e) => errors.push(e),
             }
         }
@@ -481,6 +587,7 @@ impl ConfigState {
             .routes
             .resources
             .retain(|name, _| wanted.contains(name));
+        self.prune_secrets(store);
         Ok(())
     }
 
@@ -501,6 +608,7 @@ impl ConfigState {
                 Arc::new(Upstream::new(
                     cfg.name.clone(),
                     self.data.stats.cluster(&cfg.name),
+                    self.data.secrets.clone(),
                 ))
             });
             let endpoints: &EndpointSet = match &cfg.discovery {
@@ -513,7 +621,8 @@ impl ConfigState {
                     .map(|a| &*a.compiled)
                     .unwrap_or(&empty),
             };
-            let entry = ClusterEntry::new(cfg.clone(), endpoints, upstream.clone());
+            let transports = endpoint_transports(cfg, a, &store.endpoints);
+            let entry = ClusterEntry::new(cfg.clone(), endpoints, upstream.clone(), transports);
             clusters.insert(cfg.name.clone(), Arc::new(entry));
             upstreams.insert(cfg.name.clone(), upstream);
         }
@@ -570,6 +679,89 @@ fn wanted_routes(store: &Store) -> BTreeSet<String> {
         .values()
         .flat_map(|a| a.compiled.rds_names().map(|n| n.to_string()))
         .collect()
+}
+
+fn wanted_secrets(store: &Store) -> BTreeSet<String> {
+    let listeners = store
+        .listeners
+        .resources
+        .values()
+        .flat_map(|a| a.compiled.secret_refs());
+    let clusters = store
+        .clusters
+        .resources
+        .values()
+        .flat_map(|a| a.compiled.secret_refs());
+    listeners
+        .chain(clusters)
+        .filter_map(|r| match r {
+            SecretRef::Ads(name) => Some(name.to_string()),
+            SecretRef::Workload | SecretRef::RootCa => None,
+        })
+        .collect()
+}
+
+/// The transport socket of each endpoint of a cluster whose sockets depend
+/// on endpoint metadata (`transport_socket_matches`), by address; `None`
+/// when the cluster has one socket for all (or none).
+fn endpoint_transports(
+    cfg: &ClusterConfig,
+    applied: &Applied<Cluster, Arc<ClusterConfig>>,
+    endpoints: &TypeState<ClusterLoadAssignment, Arc<EndpointSet>>,
+) -> crate::upstream::Transports {
+    use crate::config::tls::endpoint_match_metadata;
+    use crate::upstream::Transports;
+    let Some(t) = &cfg.transport else {
+        return Transports::Plain;
+    };
+    if !t.has_matches() {
+        return Transports::All(t.default.clone());
+    }
+    let cla = match &cfg.discovery {
+        Discovery::Static(_) => applied.proto.load_assignment.as_ref(),
+        Discovery::Eds { service_name } => {
+            endpoints.resources.get(&**service_name).map(|a| &a.proto)
+        }
+        // Original destinations carry no metadata.
+        Discovery::OriginalDst { .. } => None,
+    };
+    let mut by_address: HashMap<SocketAddr, Option<Arc<UpstreamTls>>> = HashMap::new();
+    for lb in cla
+        .iter()
+        .flat_map(|c| &c.endpoints)
+        .flat_map(|l| &l.lb_endpoints)
+    {
+        let Some(pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(ep)) =
+            &lb.host_identifier
+        else {
+            continue;
+        };
+        let Some(pb::envoy::config::core::v3::address::Address::SocketAddress(sa)) =
+            ep.address.as_ref().and_then(|a| a.address.as_ref())
+        else {
+            continue;
+        };
+        let (
+            Ok(ip),
+            Some(pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(port)),
+        ) = (
+            sa.address.parse::<std::net::IpAddr>(),
+            sa.port_specifier.clone(),
+        )
+        else {
+            continue;
+        };
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        let socket = t
+            .select(endpoint_match_metadata(lb.metadata.as_ref()))
+            .cloned();
+        by_address
+            .entry(SocketAddr::new(ip, port))
+            .or_insert(socket);
+    }
+    Transports::ByAddress(by_address, t.select(None).cloned())
 }
 
 fn wanted_endpoints(store: &Store) -> BTreeSet<String> {

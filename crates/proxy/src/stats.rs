@@ -189,6 +189,8 @@ pub struct Stats {
     pub eds: XdsStats,
     pub lds: XdsStats,
     pub rds: XdsStats,
+    /// Secrets over ADS (not rendered: Envoy counts them per secret).
+    pub sds: XdsStats,
     pub server_live: Gauge,
 }
 

@@ -17,9 +17,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::TcpProxyConfig;
+use crate::config::tls::DownstreamTls;
 use crate::listener::ListenerShared;
 use crate::record::{ConnectionRecord, ResponseFlags};
 use crate::stats::{ClusterStats, TcpStats};
+use crate::tls::PeerTls;
 use crate::upstream::{ConnectError, connect};
 
 /// Bytes moved per read. Two buffers per connection (one per direction).
@@ -32,6 +34,62 @@ pub(crate) struct TcpChain {
     pub chain: Arc<str>,
     pub config: Arc<TcpProxyConfig>,
     pub stats: Arc<TcpStats>,
+    /// The chain's TLS termination, if any.
+    pub tls: Option<Arc<DownstreamTls>>,
+}
+
+/// A stream whose directions can be driven independently. Plain TCP splits
+/// for free; a TLS stream shares its state between the halves.
+pub(crate) trait Split {
+    type R<'a>: AsyncRead + Unpin
+    where
+        Self: 'a;
+    type W<'a>: AsyncWrite + Unpin
+    where
+        Self: 'a;
+    fn halves(&mut self) -> (Self::R<'_>, Self::W<'_>);
+}
+
+impl Split for TcpStream {
+    type R<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type W<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::R<'_>, Self::W<'_>) {
+        self.split()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Split for tokio_rustls::server::TlsStream<S> {
+    type R<'a>
+        = tokio::io::ReadHalf<&'a mut Self>
+    where
+        S: 'a;
+    type W<'a>
+        = tokio::io::WriteHalf<&'a mut Self>
+    where
+        S: 'a;
+    fn halves(&mut self) -> (Self::R<'_>, Self::W<'_>) {
+        tokio::io::split(self)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Split for tokio_rustls::client::TlsStream<S> {
+    type R<'a>
+        = tokio::io::ReadHalf<&'a mut Self>
+    where
+        S: 'a;
+    type W<'a>
+        = tokio::io::WriteHalf<&'a mut Self>
+    where
+        S: 'a;
+    fn halves(&mut self) -> (Self::R<'_>, Self::W<'_>) {
+        tokio::io::split(self)
+    }
+}
+
+/// The upstream side of a proxied connection.
+enum UpstreamConn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 /// Why the byte copy ended.
@@ -43,19 +101,19 @@ enum End {
     Drained,
 }
 
-pub(crate) async fn proxy(
-    mut downstream: TcpStream,
+pub(crate) async fn proxy<D: Split>(
+    mut downstream: D,
     peer: SocketAddr,
     dst: SocketAddr,
     chain: Arc<TcpChain>,
     shared: &ListenerShared,
+    peer_tls: Option<Arc<PeerTls>>,
 ) {
     let started = Instant::now();
     let start = SystemTime::now();
     let stats = &chain.stats;
     let cfg = &chain.config;
     stats.downstream_cx_total.inc();
-    let _ = downstream.set_nodelay(true);
     let mut record = ConnectionRecord {
         start,
         duration: Duration::ZERO,
@@ -70,6 +128,8 @@ pub(crate) async fn proxy(
         bytes_received: 0,
         bytes_sent: 0,
         flags: ResponseFlags::empty(),
+        downstream_peer_principal: peer_tls.as_ref().and_then(|p| p.peer_principal.clone()),
+        upstream_peer_principal: None,
     };
     let data = &shared.data;
     let finish = |mut record: ConnectionRecord| {
@@ -109,16 +169,37 @@ pub(crate) async fn proxy(
             let address = host.address;
             record.upstream_host = Some(address);
             let source = cluster.config.source_address;
-            match connect(address, source, cluster.config.connect_timeout).await {
+            let timeout = cluster.config.connect_timeout;
+            let connected = match connect(address, source, timeout).await {
+                Ok(s) => match &host.tls {
+                    None => Ok(UpstreamConn::Plain(s)),
+                    Some(tls) => {
+                        match tokio::time::timeout(timeout, crate::tls::connect(tls, address, s))
+                            .await
+                        {
+                            Ok(Ok(c)) => {
+                                record.upstream_peer_principal = c.peer_principal;
+                                Ok(UpstreamConn::Tls(Box::new(c.stream)))
+                            }
+                            Ok(Err(reason)) => Err(reason),
+                            Err(_) => Err(ConnectError::Timeout.to_string()),
+                        }
+                    }
+                },
+                Err(e) => {
+                    if matches!(e, ConnectError::Timeout) {
+                        cstats.upstream_cx_connect_timeout.inc();
+                    }
+                    Err(e.to_string())
+                }
+            };
+            match connected {
                 Ok(s) => {
                     cstats.upstream_cx_total.inc();
                     break Some(s);
                 }
                 Err(e) => {
                     cstats.upstream_cx_connect_fail.inc();
-                    if matches!(e, ConnectError::Timeout) {
-                        cstats.upstream_cx_connect_timeout.inc();
-                    }
                     tracing::debug!(%peer, cluster = %cluster_name, host = %address, error = %e, "tcp proxy: connect failed");
                     if attempts >= cfg.max_connect_attempts {
                         record
@@ -138,26 +219,35 @@ pub(crate) async fn proxy(
         (upstream, cstats)
     };
     // Dropping `downstream` on return closes it.
-    let Some(mut upstream) = upstream else {
+    let Some(upstream) = upstream else {
         return finish(record);
     };
-    record.upstream_local = upstream.local_addr().ok();
     cstats.upstream_cx_active.inc();
     let received = AtomicU64::new(0);
     let sent = AtomicU64::new(0);
-    let end = relay(
-        &mut downstream,
-        &mut upstream,
-        Counters {
-            stats,
-            cluster: &cstats,
-            received: &received,
-            sent: &sent,
-        },
-        cfg.idle_timeout,
-        shared,
-    )
-    .await;
+    let counters = Counters {
+        stats,
+        cluster: &cstats,
+        received: &received,
+        sent: &sent,
+    };
+    let end = match upstream {
+        UpstreamConn::Plain(mut up) => {
+            record.upstream_local = up.local_addr().ok();
+            relay(&mut downstream, &mut up, counters, cfg.idle_timeout, shared).await
+        }
+        UpstreamConn::Tls(mut up) => {
+            record.upstream_local = up.get_ref().0.local_addr().ok();
+            relay(
+                &mut downstream,
+                &mut *up,
+                counters,
+                cfg.idle_timeout,
+                shared,
+            )
+            .await
+        }
+    };
     cstats.upstream_cx_active.dec();
     if end == End::IdleTimeout {
         stats.idle_timeout.inc();
@@ -178,9 +268,9 @@ struct Counters<'a> {
     sent: &'a AtomicU64,
 }
 
-async fn relay(
-    downstream: &mut TcpStream,
-    upstream: &mut TcpStream,
+async fn relay<D: Split, U: Split>(
+    downstream: &mut D,
+    upstream: &mut U,
     counters: Counters<'_>,
     idle_timeout: Option<Duration>,
     shared: &ListenerShared,
@@ -189,8 +279,8 @@ async fn relay(
     // Milliseconds since `started` of the last byte in either direction.
     let last = AtomicU64::new(0);
     let touch = || last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let (mut dr, mut dw) = downstream.split();
-    let (mut ur, mut uw) = upstream.split();
+    let (mut dr, mut dw) = downstream.halves();
+    let (mut ur, mut uw) = upstream.halves();
     let up = pump(&mut dr, &mut uw, |n| {
         counters.stats.downstream_cx_rx_bytes_total.add(n);
         counters.cluster.upstream_cx_tx_bytes_total.add(n);

@@ -655,6 +655,7 @@ async fn proxies_http1_and_h2c_with_envoy_semantics() {
             "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
             "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
             "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+            "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
         ]
     );
     let dl = &configs[3]["dynamic_listeners"][0];

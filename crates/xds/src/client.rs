@@ -187,8 +187,8 @@ async fn handle_response(
     };
     tx.send(request_for(node, type_url, entry, error)).await?;
 
-    // An update may reference new route configurations or clusters.
-    for dependent in [type_url::ENDPOINT, type_url::ROUTE] {
+    // An update may reference new route configurations, clusters or secrets.
+    for dependent in [type_url::ENDPOINT, type_url::ROUTE, type_url::SECRET] {
         let names = subscription(handler, dependent).unwrap_or_default();
         let entry = state.entry(dependent).or_default();
         if entry.names != names {

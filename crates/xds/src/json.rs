@@ -23,6 +23,7 @@ use pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+use pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use pb::envoy::r#type::matcher::v3 as matcher;
 use pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
@@ -175,6 +176,19 @@ pub fn any(a: &Any) -> Option<Value> {
                 |_| {},
             )
             .done(),
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" => {
+            upstream_tls_context(&tls::UpstreamTlsContext::decode(bytes).ok()?)
+        }
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext" => {
+            downstream_tls_context(&tls::DownstreamTlsContext::decode(bytes).ok()?)
+        }
+        "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" => Obj::default()
+            .check(
+                &pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer::decode(bytes)
+                    .ok()?,
+                |_| {},
+            )
+            .done(),
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => {
             upstream_http_protocol_options(&HttpProtocolOptions::decode(bytes).ok()?)
         }
@@ -265,6 +279,9 @@ fn config_source(c: &core::ConfigSource) -> Value {
     let o = match &c.config_source_specifier {
         Some(S::Ads(_)) => Obj::default().val("ads", Some(Value::Object(Map::new()))),
         Some(S::Path(p)) => Obj::default().str("path", p),
+        Some(S::ApiConfigSource(a)) => {
+            Obj::default().val("api_config_source", Some(api_config_source(a)))
+        }
         _ => Obj::default(),
     };
     o.dur("initial_fetch_timeout", &c.initial_fetch_timeout)
@@ -278,7 +295,7 @@ fn config_source(c: &core::ConfigSource) -> Value {
         .check(c, |c| {
             if matches!(
                 c.config_source_specifier,
-                Some(S::Ads(_)) | Some(S::Path(_))
+                Some(S::Ads(_)) | Some(S::Path(_)) | Some(S::ApiConfigSource(_))
             ) {
                 c.config_source_specifier = None;
             }
@@ -286,6 +303,285 @@ fn config_source(c: &core::ConfigSource) -> Value {
             c.resource_api_version = 0;
         })
         .done()
+}
+
+fn api_config_source(a: &core::ApiConfigSource) -> Value {
+    use core::grpc_service::TargetSpecifier as T;
+    Obj::default()
+        .enum_(
+            "api_type",
+            a.api_type,
+            core::api_config_source::ApiType::try_from(a.api_type)
+                .ok()
+                .map(|t| t.as_str_name()),
+        )
+        .enum_(
+            "transport_api_version",
+            a.transport_api_version,
+            core::ApiVersion::try_from(a.transport_api_version)
+                .ok()
+                .map(|v| v.as_str_name()),
+        )
+        .arr("grpc_services", &a.grpc_services, |g| {
+            let o = match &g.target_specifier {
+                Some(T::EnvoyGrpc(e)) => Obj::default().val(
+                    "envoy_grpc",
+                    Some(
+                        Obj::default()
+                            .str("cluster_name", &e.cluster_name)
+                            .check(e, |e| e.cluster_name.clear())
+                            .done(),
+                    ),
+                ),
+                _ => Obj::default(),
+            };
+            o.check(g, |g| {
+                if matches!(g.target_specifier, Some(T::EnvoyGrpc(_))) {
+                    g.target_specifier = None;
+                }
+            })
+            .done()
+        })
+        .bool(
+            "set_node_on_first_message_only",
+            a.set_node_on_first_message_only,
+        )
+        .check(a, |a| {
+            a.api_type = 0;
+            a.transport_api_version = 0;
+            a.grpc_services.clear();
+            a.set_node_on_first_message_only = false;
+        })
+        .done()
+}
+
+// ---------------------------------------------------------------------------
+// TLS transport sockets and secrets
+// ---------------------------------------------------------------------------
+
+fn tls_params(p: &tls::TlsParameters) -> Value {
+    let name = |v: i32| {
+        tls::tls_parameters::TlsProtocol::try_from(v)
+            .ok()
+            .map(|p| p.as_str_name())
+    };
+    Obj::default()
+        .enum_(
+            "tls_minimum_protocol_version",
+            p.tls_minimum_protocol_version,
+            name(p.tls_minimum_protocol_version),
+        )
+        .enum_(
+            "tls_maximum_protocol_version",
+            p.tls_maximum_protocol_version,
+            name(p.tls_maximum_protocol_version),
+        )
+        .strs("cipher_suites", &p.cipher_suites)
+        .strs("ecdh_curves", &p.ecdh_curves)
+        .check(p, |p| {
+            p.tls_minimum_protocol_version = 0;
+            p.tls_maximum_protocol_version = 0;
+            p.cipher_suites.clear();
+            p.ecdh_curves.clear();
+        })
+        .done()
+}
+
+/// A private key is never shown: Envoy replaces inline keys by `[redacted]`.
+fn redacted(d: &core::DataSource) -> Value {
+    use core::data_source::Specifier as S;
+    match &d.specifier {
+        Some(S::InlineBytes(_)) => Obj::default().str("inline_bytes", &base64(b"[redacted]")),
+        Some(S::InlineString(_)) => Obj::default().str("inline_string", "[redacted]"),
+        _ => return data_source(d),
+    }
+    .done()
+}
+
+fn tls_certificate(c: &tls::TlsCertificate) -> Value {
+    Obj::default()
+        .val(
+            "certificate_chain",
+            c.certificate_chain.as_ref().map(data_source),
+        )
+        .val("private_key", c.private_key.as_ref().map(redacted))
+        .check(c, |c| {
+            c.certificate_chain = None;
+            c.private_key = None;
+        })
+        .done()
+}
+
+fn sds_secret_config(s: &tls::SdsSecretConfig) -> Value {
+    Obj::default()
+        .str("name", &s.name)
+        .val("sds_config", s.sds_config.as_ref().map(config_source))
+        .check(s, |s| {
+            s.name.clear();
+            s.sds_config = None;
+        })
+        .done()
+}
+
+#[allow(deprecated)]
+fn validation_context(v: &tls::CertificateValidationContext) -> Value {
+    Obj::default()
+        .val("trusted_ca", v.trusted_ca.as_ref().map(data_source))
+        .arr(
+            "match_subject_alt_names",
+            &v.match_subject_alt_names,
+            string_matcher,
+        )
+        .arr(
+            "match_typed_subject_alt_names",
+            &v.match_typed_subject_alt_names,
+            |m| {
+                Obj::default()
+                    .enum_(
+                        "san_type",
+                        m.san_type,
+                        tls::subject_alt_name_matcher::SanType::try_from(m.san_type)
+                            .ok()
+                            .map(|t| t.as_str_name()),
+                    )
+                    .val("matcher", m.matcher.as_ref().map(string_matcher))
+                    .check(m, |m| {
+                        m.san_type = 0;
+                        m.matcher = None;
+                    })
+                    .done()
+            },
+        )
+        .check(v, |v| {
+            v.trusted_ca = None;
+            v.match_subject_alt_names.clear();
+            v.match_typed_subject_alt_names.clear();
+        })
+        .done()
+}
+
+#[allow(deprecated)]
+fn common_tls_context(c: &tls::CommonTlsContext) -> Value {
+    use tls::common_tls_context::ValidationContextType as V;
+    let o = Obj::default()
+        .val("tls_params", c.tls_params.as_ref().map(tls_params))
+        .arr("tls_certificates", &c.tls_certificates, tls_certificate)
+        .arr(
+            "tls_certificate_sds_secret_configs",
+            &c.tls_certificate_sds_secret_configs,
+            sds_secret_config,
+        )
+        .strs("alpn_protocols", &c.alpn_protocols);
+    let o = match &c.validation_context_type {
+        Some(V::ValidationContext(v)) => o.val("validation_context", Some(validation_context(v))),
+        Some(V::ValidationContextSdsSecretConfig(s)) => o.val(
+            "validation_context_sds_secret_config",
+            Some(sds_secret_config(s)),
+        ),
+        Some(V::CombinedValidationContext(cv)) => o.val(
+            "combined_validation_context",
+            Some(
+                Obj::default()
+                    .val(
+                        "default_validation_context",
+                        cv.default_validation_context
+                            .as_ref()
+                            .map(validation_context),
+                    )
+                    .val(
+                        "validation_context_sds_secret_config",
+                        cv.validation_context_sds_secret_config
+                            .as_ref()
+                            .map(sds_secret_config),
+                    )
+                    .check(cv, |cv| {
+                        cv.default_validation_context = None;
+                        cv.validation_context_sds_secret_config = None;
+                    })
+                    .done(),
+            ),
+        ),
+        _ => o,
+    };
+    o.check(c, |c| {
+        c.tls_params = None;
+        c.tls_certificates.clear();
+        c.tls_certificate_sds_secret_configs.clear();
+        c.alpn_protocols.clear();
+        if matches!(
+            c.validation_context_type,
+            Some(
+                V::ValidationContext(_)
+                    | V::ValidationContextSdsSecretConfig(_)
+                    | V::CombinedValidationContext(_)
+            )
+        ) {
+            c.validation_context_type = None;
+        }
+    })
+    .done()
+}
+
+pub fn upstream_tls_context(u: &tls::UpstreamTlsContext) -> Value {
+    Obj::default()
+        .val(
+            "common_tls_context",
+            u.common_tls_context.as_ref().map(common_tls_context),
+        )
+        .str("sni", &u.sni)
+        .check(u, |u| {
+            u.common_tls_context = None;
+            u.sni.clear();
+        })
+        .done()
+}
+
+pub fn downstream_tls_context(d: &tls::DownstreamTlsContext) -> Value {
+    Obj::default()
+        .val(
+            "common_tls_context",
+            d.common_tls_context.as_ref().map(common_tls_context),
+        )
+        .wbool("require_client_certificate", &d.require_client_certificate)
+        .check(d, |d| {
+            d.common_tls_context = None;
+            d.require_client_certificate = None;
+        })
+        .done()
+}
+
+/// A `Secret` as `/config_dump` shows it (with `@type`), private keys
+/// redacted.
+pub fn secret(s: &tls::Secret) -> Value {
+    use tls::secret::Type as T;
+    let o = Obj::default().str("name", &s.name);
+    let o = match &s.r#type {
+        Some(T::TlsCertificate(c)) => o.val("tls_certificate", Some(tls_certificate(c))),
+        Some(T::ValidationContext(v)) => o.val("validation_context", Some(validation_context(v))),
+        _ => o,
+    };
+    let mut m = match o
+        .check(s, |s| {
+            s.name.clear();
+            if matches!(
+                s.r#type,
+                Some(T::TlsCertificate(_) | T::ValidationContext(_))
+            ) {
+                s.r#type = None;
+            }
+        })
+        .done()
+    {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    m.insert(
+        "@type".into(),
+        Value::String(
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".into(),
+        ),
+    );
+    Value::Object(m)
 }
 
 fn header_value_option(h: &core::HeaderValueOption) -> Value {
@@ -613,6 +909,34 @@ pub fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Value {
     .dur("drain_timeout", &h.drain_timeout)
     .wbool("use_remote_address", &h.use_remote_address)
     .wbool("generate_request_id", &h.generate_request_id)
+    .enum_(
+        "forward_client_cert_details",
+        h.forward_client_cert_details,
+        hcm::http_connection_manager::ForwardClientCertDetails::try_from(
+            h.forward_client_cert_details,
+        )
+        .ok()
+        .map(|f| f.as_str_name()),
+    )
+    .val(
+        "set_current_client_cert_details",
+        h.set_current_client_cert_details.as_ref().map(|d| {
+            Obj::default()
+                .wbool("subject", &d.subject)
+                .bool("cert", d.cert)
+                .bool("chain", d.chain)
+                .bool("dns", d.dns)
+                .bool("uri", d.uri)
+                .check(d, |d| {
+                    d.subject = None;
+                    d.cert = false;
+                    d.chain = false;
+                    d.dns = false;
+                    d.uri = false;
+                })
+                .done()
+        }),
+    )
     .bool(
         "preserve_external_request_id",
         h.preserve_external_request_id,
@@ -643,6 +967,8 @@ pub fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Value {
         h.drain_timeout = None;
         h.use_remote_address = None;
         h.generate_request_id = None;
+        h.forward_client_cert_details = 0;
+        h.set_current_client_cert_details = None;
         h.preserve_external_request_id = false;
         h.normalize_path = None;
         h.merge_slashes = false;
@@ -1388,6 +1714,30 @@ pub fn cluster(c: &Cluster) -> Value {
             "transport_socket",
             c.transport_socket.as_ref().map(transport_socket),
         )
+        .arr(
+            "transport_socket_matches",
+            &c.transport_socket_matches,
+            |m| {
+                Obj::default()
+                    .str("name", &m.name)
+                    .val(
+                        "match",
+                        m.r#match
+                            .as_ref()
+                            .map(|s| Value::Object(structs::from_struct(s))),
+                    )
+                    .val(
+                        "transport_socket",
+                        m.transport_socket.as_ref().map(transport_socket),
+                    )
+                    .check(m, |m| {
+                        m.name.clear();
+                        m.r#match = None;
+                        m.transport_socket = None;
+                    })
+                    .done()
+            },
+        )
         .val("metadata", metadata(&c.metadata))
         .dur("cleanup_interval", &c.cleanup_interval)
         .val(
@@ -1488,7 +1838,23 @@ pub fn cluster(c: &Cluster) -> Value {
                             .as_ref()
                             .map(|p| serde_json::json!({ "value": p.value })),
                     )
-                    .check(common, |c| c.healthy_panic_threshold = None)
+                    .val(
+                        "locality_weighted_lb_config",
+                        matches!(
+                            common.locality_config_specifier,
+                            Some(cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+                        )
+                        .then(|| serde_json::json!({})),
+                    )
+                    .check(common, |c| {
+                        c.healthy_panic_threshold = None;
+                        if matches!(
+                            c.locality_config_specifier,
+                            Some(cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+                        ) {
+                            c.locality_config_specifier = None;
+                        }
+                    })
                     .done(),
             ),
         );
@@ -1576,6 +1942,7 @@ pub fn cluster(c: &Cluster) -> Value {
         c.load_assignment = None;
         c.http2_protocol_options = None;
         c.transport_socket = None;
+        c.transport_socket_matches.clear();
         c.metadata = None;
         c.typed_extension_protocol_options.clear();
         c.circuit_breakers = None;

@@ -24,8 +24,10 @@ pub mod type_url {
     pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
     /// Order in which a push sends types, so that a proxy never sees a
-    /// reference before its target: clusters, their endpoints, listeners, routes.
-    pub const PUSH_ORDER: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+    /// reference before its target: clusters, their endpoints, listeners,
+    /// routes; then the secrets (credentials) that clusters and listeners
+    /// name, which a proxy only asks for once it knows those.
+    pub const PUSH_ORDER: [&str; 5] = [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET];
 
     /// Short name used in logs and debug output (`CDS`, `EDS`, ...).
     pub fn short_name(type_url: &str) -> &'static str {

@@ -10,7 +10,8 @@ use mizzen_xds::pb::envoy::config::cluster::v3::{
 };
 use mizzen_xds::pb::envoy::config::core::v3::{
     Address, BindConfig, Http1ProtocolOptions, Http2ProtocolOptions,
-    HttpProtocolOptions as CommonHttpProtocolOptions, SocketAddress, address, socket_address,
+    HttpProtocolOptions as CommonHttpProtocolOptions, Metadata, SocketAddress, address,
+    socket_address,
 };
 use mizzen_xds::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EndpointProto, LbEndpoint, LocalityLbEndpoints,
@@ -21,7 +22,7 @@ use mizzen_xds::pb::envoy::extensions::upstreams::http::v3::{
 };
 use mizzen_xds::server::Resource;
 
-use super::{ads_config_source, duration, policy, resource};
+use super::{ads_config_source, duration, locality, mtls, policy, resource};
 use crate::model::{Model, Protocol, Service, ServicePort};
 use crate::node::{InterceptionMode, ProxyKind, ProxyNode};
 
@@ -51,24 +52,26 @@ fn parse_outbound(name: &str) -> Option<(u16, &str, &str)> {
 
 pub fn clusters(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
     let mut out = Vec::new();
-    for service in model.services.values() {
+    for service in model.visible_services(proxy) {
         let rule = model
             .destination_rule(&service.hostname, &proxy.namespace)
             .map(|r| &r.spec);
+        // Secure naming: who may serve the service, computed once for all
+        // its clusters.
+        let identities = if model.mtls {
+            model.service_identities(service)
+        } else {
+            Vec::new()
+        };
         for port in &service.ports {
-            let name = outbound_cluster_name(port.port, "", &service.hostname);
-            out.push(eds_cluster(
-                name,
-                port,
-                &policy::effective(rule, "", port.port),
-            ));
-            for subset in rule.map(|r| r.subsets.as_slice()).unwrap_or_default() {
-                let name = outbound_cluster_name(port.port, &subset.name, &service.hostname);
-                out.push(eds_cluster(
-                    name,
-                    port,
-                    &policy::effective(rule, &subset.name, port.port),
-                ));
+            let subsets = rule.map(|r| r.subsets.as_slice()).unwrap_or_default();
+            for subset in std::iter::once("").chain(subsets.iter().map(|s| s.name.as_str())) {
+                let name = outbound_cluster_name(port.port, subset, &service.hostname);
+                let policy = policy::effective(rule, subset, port.port);
+                let tls = cluster_tls(model, service, port, subset, &policy, &identities);
+                out.push(eds_cluster(name, port, &policy, tls, |cluster| {
+                    super::service_entry::resolve(cluster, model, service, port, subset)
+                }));
             }
         }
     }
@@ -196,7 +199,44 @@ fn http_options(
     )])
 }
 
-fn eds_cluster(name: String, port: &ServicePort, policy: &policy::Effective) -> Resource {
+/// TLS to a service's endpoints: the DestinationRule's `tls` if it sets
+/// one, else automatic mutual TLS when the mesh runs mTLS.
+fn cluster_tls(
+    model: &Model,
+    service: &Service,
+    port: &ServicePort,
+    subset: &str,
+    policy: &policy::Effective,
+    identities: &[String],
+) -> mtls::ClusterTls {
+    let alpn = if port.protocol.is_http2() {
+        mtls::MeshAlpn::Http2
+    } else if port.protocol.is_http() {
+        mtls::MeshAlpn::Http11
+    } else {
+        mtls::MeshAlpn::Tcp
+    };
+    let sni = mtls::mesh_sni(port.port, subset, &service.hostname);
+    match &policy.tls {
+        Some(settings) => {
+            mtls::destination_rule_tls(settings, sni, identities, alpn, &service.hostname)
+        }
+        None if model.mtls && !super::service_entry::no_auto_mtls(service) => {
+            mtls::ClusterTls::Matches(mtls::auto_mtls_matches(sni, identities, alpn))
+        }
+        None => mtls::ClusterTls::None,
+    }
+}
+
+/// `resolve` may turn the EDS cluster into another discovery type
+/// (ServiceEntry resolutions).
+fn eds_cluster(
+    name: String,
+    port: &ServicePort,
+    policy: &policy::Effective,
+    tls: mtls::ClusterTls,
+    resolve: impl FnOnce(&mut Cluster),
+) -> Resource {
     let mut cluster = Cluster {
         name: name.clone(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
@@ -209,9 +249,16 @@ fn eds_cluster(name: String, port: &ServicePort, policy: &policy::Effective) -> 
         ..Default::default()
     };
     let common = policy::apply(&mut cluster, policy);
+    locality::configure_cluster(&mut cluster, policy);
+    match tls {
+        mtls::ClusterTls::None => {}
+        mtls::ClusterTls::Socket(socket) => cluster.transport_socket = Some(*socket),
+        mtls::ClusterTls::Matches(matches) => cluster.transport_socket_matches = matches,
+    }
     cluster.typed_extension_protocol_options = http_options(port.protocol.is_http2(), common)
         .into_iter()
         .collect();
+    resolve(&mut cluster);
     resource(name, &cluster)
 }
 
@@ -240,14 +287,34 @@ fn load_assignment(
     cluster: &str,
     endpoints: impl IntoIterator<Item = (IpAddr, u16)>,
 ) -> ClusterLoadAssignment {
+    load_assignment_of(
+        cluster,
+        endpoints
+            .into_iter()
+            .map(|(ip, port)| (ip, port, false))
+            .collect(),
+    )
+}
+
+/// Endpoints as `(address, port, mtls)`: `mtls` labels the endpoint
+/// `tlsMode: istio` for the cluster's transport socket matches.
+fn load_assignment_of(cluster: &str, endpoints: Vec<(IpAddr, u16, bool)>) -> ClusterLoadAssignment {
     let lb_endpoints: Vec<LbEndpoint> = endpoints
         .into_iter()
-        .map(|(ip, port)| LbEndpoint {
+        .map(|(ip, port, mtls)| LbEndpoint {
             host_identifier: Some(HostIdentifier::Endpoint(EndpointProto {
                 address: Some(socket_address(ip, port)),
                 ..Default::default()
             })),
             load_balancing_weight: Some(mizzen_xds::pb::google::protobuf::UInt32Value { value: 1 }),
+            metadata: mtls.then(|| Metadata {
+                filter_metadata: [(
+                    mtls::TRANSPORT_SOCKET_MATCH.to_string(),
+                    mtls::tls_mode_istio(),
+                )]
+                .into(),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .collect();
@@ -266,11 +333,16 @@ fn load_assignment(
 }
 
 /// EDS: every requested cluster gets an answer, empty when unknown, so that
-/// a proxy never waits for endpoints that will not come.
-pub fn load_assignments(model: &Model, names: &[String]) -> Vec<Resource> {
+/// a proxy never waits for endpoints that will not come. Endpoints are
+/// grouped by locality; the proxy's own locality decides priorities and
+/// weights where a locality load-balancing setting applies.
+pub fn load_assignments(model: &Model, proxy: &ProxyNode, names: &[String]) -> Vec<Resource> {
+    let mut here = locality::ProxyLocality::new(model, proxy);
     names
         .iter()
         .map(|name| {
+            let mut localities = Vec::new();
+            let mut policy = None;
             let endpoints = parse_outbound(name)
                 .and_then(|(port, subset, host)| {
                     let service: &Service = model.services.get(host)?;
@@ -280,16 +352,23 @@ pub fn load_assignments(model: &Model, names: &[String]) -> Vec<Resource> {
                     } else {
                         Some(model.subset_labels(host, subset, &service.namespace)?)
                     };
+                    // The rule the proxy's cluster was built from (CDS).
+                    policy = model
+                        .destination_rule(host, &proxy.namespace)
+                        .map(|r| policy::effective(Some(&r.spec), subset, port));
+                    let endpoints = model.endpoints(service, service_port, labels.as_ref());
+                    localities = endpoints.iter().map(|e| e.locality.clone()).collect();
                     Some(
-                        model
-                            .endpoints(service, service_port, labels.as_ref())
+                        endpoints
                             .into_iter()
-                            .map(|e| (e.address, e.port))
+                            .map(|e| (e.address, e.port, e.mtls))
                             .collect::<Vec<_>>(),
                     )
                 })
                 .unwrap_or_default();
-            resource(name.clone(), &load_assignment(name, endpoints))
+            let mut cla = load_assignment_of(name, endpoints);
+            locality::shape(&mut cla, &localities, policy.as_ref(), &mut here);
+            resource(name.clone(), &cla)
         })
         .collect()
 }

@@ -25,10 +25,11 @@ use super::cluster::{
     BLACK_HOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, inbound_ports,
     socket_address,
 };
-use super::{HTTP_PROXY_ROUTE, OUTBOUND_PORT, ads_config_source, resource, route};
+use super::{HTTP_PROXY_ROUTE, OUTBOUND_PORT, ads_config_source, mtls, resource, route};
 use super::{inbound_cluster_name, outbound_cluster_name};
 use crate::model::{Model, OutboundPolicy, Protocol};
 use crate::node::{InterceptionMode, ProxyNode};
+use crate::peer::PeerMode;
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const ROUTER: &str = "envoy.filters.http.router";
@@ -149,20 +150,20 @@ pub fn sidecar_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
 /// app uses as an explicit HTTP proxy.
 fn explicit_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
     let mut out = Vec::new();
-    for port in inbound_ports(model, proxy).into_keys() {
-        let routes = Routes::Inline(Box::new(route::inbound_route_config(port)));
-        out.push(listener(
-            format!("{}_{port}", proxy.ip),
-            proxy.ip,
-            port,
-            TrafficDirection::Inbound,
-            http_connection_manager(
-                format!("inbound_0.0.0.0_{port}"),
-                routes,
-                false,
-                HcmFilters::of(model),
-            ),
-        ));
+    let peer = model.peer_policy(proxy);
+    for (port, protocol) in inbound_ports(model, proxy) {
+        let name = format!("{}_{port}", proxy.ip);
+        let mode = model.mtls.then(|| peer.for_port(port));
+        let chains = inbound_chains(model, port, protocol, mode, None);
+        let listener = Listener {
+            name: name.clone(),
+            address: Some(socket_address(proxy.ip, port)),
+            listener_filters: tls_inspector_filters(mode.is_some_and(|m| m != PeerMode::Disable)),
+            filter_chains: chains,
+            traffic_direction: TrafficDirection::Inbound as i32,
+            ..Default::default()
+        };
+        out.push(resource(name, &listener));
     }
     // TCP services have no explicit-proxy protocol: each port gets a listener
     // of its own on the proxy's address (as a Sidecar egress `bind` would),
@@ -170,7 +171,7 @@ fn explicit_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
     let mut taken: std::collections::BTreeSet<u16> =
         inbound_ports(model, proxy).into_keys().collect();
     taken.insert(OUTBOUND_PORT);
-    for service in model.services.values() {
+    for service in model.visible_services(proxy) {
         for port in service.ports.iter().filter(|p| !p.protocol.is_http()) {
             if !taken.insert(port.port) {
                 continue;
@@ -215,7 +216,7 @@ const SNIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100)
 /// ALPN-like names the HTTP inspector reports.
 const HTTP_PROTOCOLS: [&str; 2] = ["http/1.1", "h2c"];
 
-fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
+pub(super) fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
     let proxy = TcpProxy {
         stat_prefix: stat_prefix.to_string(),
         cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_string())),
@@ -263,7 +264,7 @@ fn service_tcp_proxy(
 
 /// A TCP proxy to a route's (weighted) destinations; `cluster` (the
 /// service's own) names the stats and is the target when there are none.
-fn destinations_proxy(
+pub(super) fn destinations_proxy(
     model: &Model,
     namespace: &str,
     destinations: &[mizzen_api::networking::RouteDestination],
@@ -394,8 +395,48 @@ fn service_l4_chains(
     (chains, tls)
 }
 
+/// The chains of a `0.0.0.0_PORT` listener for services without a virtual
+/// IP: TLS hosts by SNI, the first TCP service for the rest, else the
+/// outbound policy's fallthrough (passthrough, or closed under
+/// REGISTRY_ONLY). The flag says whether the TLS inspector is needed.
+fn wildcard_l4_chains(
+    name: &str,
+    services: &[(&crate::model::Service, &crate::model::ServicePort)],
+    fallback: &str,
+) -> (Vec<FilterChain>, bool) {
+    let mut chains = Vec::new();
+    let mut catch_all = None;
+    let mut seen = std::collections::BTreeSet::new();
+    for (service, port) in services {
+        let cluster = outbound_cluster_name(port.port, "", &service.hostname);
+        if matches!(port.protocol, Protocol::Tls | Protocol::Https) {
+            if seen.insert(service.hostname.clone()) {
+                chains.push(chain(
+                    format!("{name}-{}", service.hostname),
+                    Some(FilterChainMatch {
+                        server_names: vec![service.hostname.clone()],
+                        ..Default::default()
+                    }),
+                    tcp_proxy(&cluster, &cluster),
+                ));
+            }
+        } else if catch_all.is_none() {
+            catch_all = Some(chain(name.to_string(), None, tcp_proxy(&cluster, &cluster)));
+        }
+    }
+    let tls = !chains.is_empty();
+    chains.push(catch_all.unwrap_or_else(|| {
+        chain(
+            format!("{name}-fallthrough"),
+            None,
+            tcp_proxy(fallback, fallback),
+        )
+    }));
+    (chains, tls)
+}
+
 /// The TLS inspector, when the chains look at server names.
-fn tls_inspector_filters(tls: bool) -> Vec<ListenerFilter> {
+pub(super) fn tls_inspector_filters(tls: bool) -> Vec<ListenerFilter> {
     if tls {
         vec![listener_filter(
             TLS_INSPECTOR,
@@ -414,7 +455,11 @@ fn listener_filter(name: &str, config: mizzen_xds::pb::google::protobuf::Any) ->
     }
 }
 
-fn chain(name: String, matcher: Option<FilterChainMatch>, filter: Filter) -> FilterChain {
+pub(super) fn chain(
+    name: String,
+    matcher: Option<FilterChainMatch>,
+    filter: Filter,
+) -> FilterChain {
     FilterChain {
         name,
         filter_chain_match: matcher,
@@ -502,12 +547,31 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
     out.push(resource("virtualOutbound", &outbound));
 
     let mut http_ports = std::collections::BTreeSet::new();
-    for service in model.services.values() {
-        let Some(vip) = service.address else { continue };
+    // Non-HTTP ports of services without a virtual IP (wildcard or
+    // `resolution: NONE` ServiceEntry hosts) share a `0.0.0.0_PORT` listener.
+    let mut wildcard_l4: std::collections::BTreeMap<u16, Vec<_>> = Default::default();
+    let mut names = std::collections::BTreeSet::new();
+    for service in model.visible_services(proxy) {
+        let Some(vip) = service.address else {
+            for port in service.ports.iter() {
+                if port.protocol.is_http() {
+                    http_ports.insert(port.port);
+                } else {
+                    wildcard_l4
+                        .entry(port.port)
+                        .or_default()
+                        .push((service, port));
+                }
+            }
+            continue;
+        };
         for port in &service.ports {
             let cluster = outbound_cluster_name(port.port, "", &service.hostname);
             let stat_prefix = cluster.clone();
             let name = format!("{vip}_{}", port.port);
+            if !names.insert(name.clone()) {
+                continue;
+            }
             match port.protocol {
                 p if p.is_http() => {
                     http_ports.insert(port.port);
@@ -540,7 +604,7 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
             }
         }
     }
-    for port in http_ports {
+    for &port in &http_ports {
         let name = format!("0.0.0.0_{port}");
         let chains = vec![chain(
             name.clone(),
@@ -554,46 +618,22 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
         )];
         out.push(virtual_listener(name, any, port, chains, false, false));
     }
+    for (port, services) in wildcard_l4 {
+        if http_ports.contains(&port) {
+            continue;
+        }
+        let name = format!("0.0.0.0_{port}");
+        let (chains, tls) = wildcard_l4_chains(&name, &services, fallback);
+        out.push(virtual_listener(name, any, port, chains, false, tls));
+    }
 
     let mut chains = Vec::new();
+    let peer = model.peer_policy(proxy);
+    let mut tls = false;
     for (port, protocol) in inbound_ports(model, proxy) {
-        let cluster = inbound_cluster_name(port);
-        let on_port = |extra: Option<FilterChainMatch>| FilterChainMatch {
-            destination_port: Some(UInt32Value {
-                value: u32::from(port),
-            }),
-            ..extra.unwrap_or_default()
-        };
-        let hcm = || {
-            http_connection_manager(
-                format!("inbound_0.0.0.0_{port}"),
-                Routes::Inline(Box::new(route::inbound_route_config(port))),
-                false,
-                HcmFilters::of(model),
-            )
-        };
-        match protocol {
-            p if p.is_http() => {
-                chains.push(chain(format!("0.0.0.0_{port}"), Some(on_port(None)), hcm()))
-            }
-            Protocol::Unspecified => {
-                chains.push(chain(
-                    format!("0.0.0.0_{port}-http"),
-                    Some(on_port(Some(http_protocols()))),
-                    hcm(),
-                ));
-                chains.push(chain(
-                    format!("0.0.0.0_{port}-tcp"),
-                    Some(on_port(None)),
-                    tcp_proxy(&cluster, &cluster),
-                ));
-            }
-            _ => chains.push(chain(
-                format!("0.0.0.0_{port}"),
-                Some(on_port(None)),
-                tcp_proxy(&cluster, &cluster),
-            )),
-        }
+        let mode = model.mtls.then(|| peer.for_port(port));
+        tls |= mode.is_some_and(|m| m != PeerMode::Disable);
+        chains.extend(inbound_chains(model, port, protocol, mode, Some(port)));
     }
     chains.push(chain(
         "virtualInbound-blackhole".to_string(),
@@ -613,10 +653,17 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
     let inbound = Listener {
         name: "virtualInbound".to_string(),
         address: Some(socket_address(any, INBOUND_PORT)),
-        listener_filters: vec![
-            listener_filter(ORIGINAL_DST, mizzen_xds::pack(&OriginalDst::default())),
-            listener_filter(HTTP_INSPECTOR, mizzen_xds::pack(&HttpInspector::default())),
-        ],
+        listener_filters: [listener_filter(
+            ORIGINAL_DST,
+            mizzen_xds::pack(&OriginalDst::default()),
+        )]
+        .into_iter()
+        .chain(tls_inspector_filters(tls))
+        .chain([listener_filter(
+            HTTP_INSPECTOR,
+            mizzen_xds::pack(&HttpInspector::default()),
+        )])
+        .collect(),
         listener_filters_timeout: Some(super::duration(SNIFF_TIMEOUT)),
         continue_on_listener_filters_timeout: true,
         filter_chains: chains,
@@ -625,6 +672,140 @@ fn captured_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
     };
     out.push(resource("virtualInbound", &inbound));
     out
+}
+
+/// The filter chains of one inbound port: plaintext only without mTLS
+/// (`mode` None: the mesh runs no mTLS) or under DISABLE; mutual TLS only
+/// under STRICT, so that plaintext finds no chain and is closed; both under
+/// PERMISSIVE, told apart by the TLS inspector and the mesh's ALPN values
+/// (other TLS is passed to the app as it is). `on_port` adds a destination
+/// port match (the chains of `virtualInbound`).
+fn inbound_chains(
+    model: &Model,
+    port: u16,
+    protocol: Protocol,
+    mode: Option<PeerMode>,
+    on_port: Option<u16>,
+) -> Vec<FilterChain> {
+    let cluster = inbound_cluster_name(port);
+    let name = format!("0.0.0.0_{port}");
+    let matching = |transport: &str, alpn: &[&str]| -> Option<FilterChainMatch> {
+        let m = FilterChainMatch {
+            destination_port: on_port.map(|p| UInt32Value {
+                value: u32::from(p),
+            }),
+            transport_protocol: transport.to_string(),
+            application_protocols: alpn.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        };
+        (m != FilterChainMatch::default()).then_some(m)
+    };
+    let hcm = || {
+        inbound_http_connection_manager(
+            format!("inbound_0.0.0.0_{port}"),
+            port,
+            HcmFilters::of(model),
+            mode.is_some(),
+        )
+    };
+    let tcp = || tcp_proxy(&cluster, &cluster);
+    let secured = |mut chain: FilterChain| {
+        chain.transport_socket = Some(mtls::inbound_mtls());
+        chain
+    };
+
+    let mut out = Vec::new();
+    let mtls = mode.filter(|m| *m != PeerMode::Disable);
+    if let Some(mode) = mtls {
+        // Under STRICT any TLS gets the mTLS chain (and fails without a
+        // mesh certificate); under PERMISSIVE only a mesh client's offer.
+        let mesh: &[&str] = if mode == PeerMode::Strict {
+            &[]
+        } else {
+            &mtls::MESH_ALPNS
+        };
+        match protocol {
+            p if p.is_http() => {
+                out.push(secured(chain(name.clone(), matching("tls", mesh), hcm())));
+            }
+            Protocol::Unspecified => {
+                // After decryption nothing can be sniffed: the client's
+                // ALPN says whether it speaks HTTP.
+                out.push(secured(chain(
+                    format!("{name}-http"),
+                    matching("tls", &mtls::MESH_HTTP_ALPNS),
+                    hcm(),
+                )));
+                out.push(secured(chain(
+                    format!("{name}-tcp"),
+                    matching("tls", &mtls::MESH_TCP_ALPNS),
+                    tcp(),
+                )));
+            }
+            _ => out.push(secured(chain(name.clone(), matching("tls", mesh), tcp()))),
+        }
+        if mode == PeerMode::Strict {
+            return out;
+        }
+        out.push(chain(
+            format!("{name}-passthrough-tls"),
+            matching("tls", &[]),
+            tcp(),
+        ));
+    }
+    match protocol {
+        p if p.is_http() => out.push(chain(name, matching("", &[]), hcm())),
+        Protocol::Unspecified => {
+            out.push(chain(
+                format!("{name}-http"),
+                matching("", &HTTP_PROTOCOLS),
+                hcm(),
+            ));
+            out.push(chain(format!("{name}-tcp"), matching("", &[]), tcp()));
+        }
+        _ => out.push(chain(name, matching("", &[]), tcp())),
+    }
+    out
+}
+
+/// The connection manager of an inbound port. With mTLS, it passes the
+/// caller's identity to the app in `x-forwarded-client-cert` as Istio's
+/// sidecars do.
+fn inbound_http_connection_manager(
+    stat_prefix: String,
+    port: u16,
+    filters: HcmFilters,
+    mtls: bool,
+) -> Filter {
+    let filter = http_connection_manager(
+        stat_prefix,
+        Routes::Inline(Box::new(route::inbound_route_config(port))),
+        false,
+        filters,
+    );
+    if !mtls {
+        return filter;
+    }
+    let Some(filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
+        return filter;
+    };
+    let Ok(mut hcm) = <HttpConnectionManager as prost::Message>::decode(any.value.as_slice())
+    else {
+        return filter;
+    };
+    hcm.forward_client_cert_details =
+        http_connection_manager::ForwardClientCertDetails::AppendForward as i32;
+    hcm.set_current_client_cert_details =
+        Some(http_connection_manager::SetCurrentClientCertDetails {
+            subject: Some(BoolValue { value: true }),
+            dns: true,
+            uri: true,
+            ..Default::default()
+        });
+    Filter {
+        name: HCM.to_string(),
+        config_type: Some(filter::ConfigType::TypedConfig(mizzen_xds::pack(&hcm))),
+    }
 }
 
 #[cfg(test)]
@@ -687,6 +868,7 @@ spec:
             service_account: "default".into(),
             interception,
             app_host: "127.0.0.1".parse().unwrap(),
+            locality: None,
         }
     }
 

@@ -6,9 +6,14 @@
 
 mod cluster;
 mod gateway;
+mod gateway_tls;
 mod listener;
+mod locality;
+mod mtls;
 mod policy;
 mod route;
+mod secret;
+mod service_entry;
 
 use mizzen_xds::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, config_source::ConfigSourceSpecifier,
@@ -37,7 +42,7 @@ pub fn generate(
 ) -> Vec<Resource> {
     let all = match type_url {
         type_url::CLUSTER => cluster::clusters(model, proxy),
-        type_url::ENDPOINT => cluster::load_assignments(model, names),
+        type_url::ENDPOINT => cluster::load_assignments(model, proxy, names),
         type_url::LISTENER => match proxy.kind {
             ProxyKind::Sidecar => listener::sidecar_listeners(model, proxy),
             ProxyKind::Router => gateway::listeners(model, proxy),
@@ -46,6 +51,7 @@ pub fn generate(
             ProxyKind::Sidecar => route::sidecar_routes(model, proxy, names),
             ProxyKind::Router => gateway::routes(model, proxy, names),
         },
+        type_url::SECRET => secret::secrets(model, proxy, names),
         _ => Vec::new(),
     };
     if names.is_empty() || matches!(type_url, type_url::ENDPOINT) {
@@ -65,7 +71,13 @@ pub fn dump(model: &Model, proxy: &ProxyNode) -> serde_json::Value {
     // Only EDS clusters have endpoints to ask for.
     let cluster_names: Vec<String> = clusters
         .iter()
-        .filter(|c| c.name.starts_with("outbound|"))
+        .filter(|c| {
+            use config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+            mizzen_xds::unpack::<config::cluster::v3::Cluster>(&c.body).is_ok_and(|c| {
+                c.cluster_discovery_type
+                    == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
+            })
+        })
         .map(|c| c.name.clone())
         .collect();
     let listeners = decode(type_url::LISTENER, &[]);

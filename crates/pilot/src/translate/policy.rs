@@ -7,8 +7,8 @@
 //! subset's port-level settings.
 
 use mizzen_api::networking::{
-    ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection, SimpleLb,
-    TrafficPolicy,
+    ClientTlsSettings, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings,
+    OutlierDetection, SimpleLb, TrafficPolicy,
 };
 use mizzen_xds::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection as OutlierProto,
@@ -30,6 +30,8 @@ pub struct Effective {
     pub load_balancer: Option<LoadBalancerSettings>,
     pub connection_pool: Option<ConnectionPoolSettings>,
     pub outlier_detection: Option<OutlierDetection>,
+    /// TLS to the destination; `None` leaves it to automatic mTLS.
+    pub tls: Option<ClientTlsSettings>,
 }
 
 impl Effective {
@@ -39,6 +41,9 @@ impl Effective {
             policy.connection_pool.as_ref(),
             policy.outlier_detection.as_ref(),
         );
+        if let Some(tls) = &policy.tls {
+            self.tls = Some(tls.clone());
+        }
         for level in &policy.port_level_settings {
             if level.port.as_ref().and_then(|p| p.number) == Some(u32::from(port)) {
                 self.layer_fields(
@@ -46,6 +51,9 @@ impl Effective {
                     level.connection_pool.as_ref(),
                     level.outlier_detection.as_ref(),
                 );
+                if let Some(tls) = &level.tls {
+                    self.tls = Some(tls.clone());
+                }
             }
         }
     }

@@ -80,7 +80,7 @@ pub fn sidecar_routes(model: &Model, proxy: &ProxyNode, names: &[String]) -> Vec
             continue;
         };
         let mut virtual_hosts = Vec::new();
-        for service in model.services.values() {
+        for service in model.visible_services(proxy) {
             for port in service.ports.iter().filter(|p| p.protocol.is_http()) {
                 if port_filter.is_some_and(|p| p != port.port) {
                     continue;
@@ -121,6 +121,9 @@ pub fn sidecar_routes(model: &Model, proxy: &ProxyNode, names: &[String]) -> Vec
 /// The names a client in `namespace` may use for a service: the short name
 /// only from its own namespace, as Kubernetes DNS search paths allow.
 fn service_domains(service: &Service, port: u16, namespace: &str, portless: bool) -> Vec<String> {
+    if let Some(domains) = super::service_entry::domains(service, port, portless) {
+        return domains;
+    }
     let mut hosts = Vec::new();
     if service.namespace == namespace {
         hosts.push(service.name.clone());
@@ -239,7 +242,12 @@ pub fn virtual_service_routes(
             if m.port.is_some_and(|p| p != u32::from(port)) {
                 continue;
             }
-            if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == gateway) {
+            if !m.gateways.is_empty()
+                && !m
+                    .gateways
+                    .iter()
+                    .any(|g| super::gateway::names_gateway(g, &vs.namespace, gateway))
+            {
                 continue;
             }
             if !crate::model::labels_match(&m.source_labels, &proxy.labels)

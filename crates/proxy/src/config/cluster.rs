@@ -19,6 +19,7 @@ use super::cluster_policy::{
     LbParams, Limits, Outlier, PoolOptions, lb_params, limits, outlier, pool_options,
 };
 use super::endpoint::{EndpointSet, compile_in, plain_socket_address};
+use super::tls::{ClusterTransport, SecretRef, cluster_transport};
 use super::{ConfigError, Scope, duration, fields, join, unpack};
 
 /// Envoy's `connect_timeout` when unset.
@@ -45,6 +46,9 @@ pub struct ClusterConfig {
     pub limits: Limits,
     pub outlier: Option<Outlier>,
     pub pool: PoolOptions,
+    /// `transport_socket` and `transport_socket_matches`; `None` when every
+    /// endpoint is reached in plaintext.
+    pub transport: Option<Arc<ClusterTransport>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +105,14 @@ impl ClusterConfig {
             c.common_lb_config = None;
             c.circuit_breakers = None;
             c.outlier_detection = None;
+            c.transport_socket = None;
+            c.transport_socket_matches.clear();
         })?;
+        let transport = cluster_transport(
+            scope,
+            c.transport_socket.as_ref(),
+            &c.transport_socket_matches,
+        )?;
         let lb_params = lb_params(scope, c)?;
         let limits = match &c.circuit_breakers {
             None => Limits::default(),
@@ -302,7 +313,16 @@ impl ClusterConfig {
             limits,
             outlier,
             pool,
+            transport,
         })
+    }
+
+    /// The SDS secrets this cluster's transport sockets need.
+    pub fn secret_refs(&self) -> Vec<SecretRef> {
+        self.transport
+            .iter()
+            .flat_map(|t| t.secret_refs().cloned())
+            .collect()
     }
 
     /// The EDS resource name this cluster needs, if any.
@@ -652,7 +672,7 @@ mod tests {
                     transport_socket: Some(Default::default()),
                     ..eds("c")
                 },
-                "cluster c: transport_socket is not supported",
+                "cluster c: transport_socket (unnamed) is not supported",
             ),
             (
                 Cluster {

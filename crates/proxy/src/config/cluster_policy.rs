@@ -247,6 +247,9 @@ pub struct LbParams {
     /// Below this share of healthy hosts (hundredths of a percent),
     /// ejections are ignored.
     pub panic_threshold: u32,
+    /// `common_lb_config.locality_weighted_lb_config`: pick a locality by
+    /// its weight first.
+    pub locality_weighted: bool,
 }
 
 impl Default for LbParams {
@@ -257,6 +260,7 @@ impl Default for LbParams {
             ring_max: 8 * 1024 * 1024,
             maglev_table_size: 65537,
             panic_threshold: 5000,
+            locality_weighted: false,
         }
     }
 }
@@ -335,7 +339,19 @@ pub(crate) fn lb_params(
     if let Some(common) = &c.common_lb_config {
         reject_unknown(scope, "common_lb_config", common, COMMON_LB_FIELDS, |c| {
             c.healthy_panic_threshold = None;
+            if matches!(
+                c.locality_config_specifier,
+                Some(
+                    cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_)
+                )
+            ) {
+                c.locality_config_specifier = None;
+            }
         })?;
+        out.locality_weighted = matches!(
+            common.locality_config_specifier,
+            Some(cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+        );
         if let Some(p) = &common.healthy_panic_threshold {
             if !(0.0..=100.0).contains(&p.value) {
                 return Err(scope.invalid(

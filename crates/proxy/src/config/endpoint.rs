@@ -20,9 +20,28 @@ pub struct LbEndpointConfig {
 /// The endpoints of a cluster that may receive traffic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointSet {
-    /// Healthy endpoints of the best priority that has any, in config order.
+    /// Healthy endpoints: in config order when `groups` is empty, else
+    /// ordered by priority (config order within one).
     pub endpoints: Vec<LbEndpointConfig>,
     /// Every endpoint listed, healthy or not (`membership_total`).
+    pub total: usize,
+    /// The localities `endpoints` divide into, when they matter: with
+    /// several priorities or locality weights. Empty otherwise, so that the
+    /// common case balances over `endpoints` alone.
+    pub groups: Vec<LocalityGroup>,
+}
+
+/// One `LocalityLbEndpoints` of an assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalityGroup {
+    pub priority: u32,
+    /// The locality's `load_balancing_weight`; 0 when unset (it then gets no
+    /// traffic under locality-weighted load balancing, as in Envoy).
+    pub weight: u32,
+    /// Its healthy endpoints are `endpoints[start..start + len]`.
+    pub start: usize,
+    pub len: usize,
+    /// Endpoints it lists, healthy or not: health shares are out of these.
     pub total: usize,
 }
 
@@ -47,9 +66,8 @@ pub(crate) fn compile_in(
         c.cluster_name.clear();
         c.endpoints.clear();
     })?;
-    // Priority → healthy endpoints. Without health checking Envoy sends all
-    // traffic to the best priority that has healthy hosts.
-    let mut by_priority: Vec<(u32, Vec<LbEndpointConfig>)> = Vec::new();
+    // Per locality: (priority, weight, healthy endpoints, listed).
+    let mut localities: Vec<(u32, u32, Vec<LbEndpointConfig>, usize)> = Vec::new();
     let mut total = 0;
     for (i, locality) in cla.endpoints.iter().enumerate() {
         let lpath = join(path, &format!("endpoints[{i}]"));
@@ -61,13 +79,23 @@ pub(crate) fn compile_in(
             |l| {
                 l.lb_endpoints.clear();
                 l.priority = 0;
-                // Locality and its weight only matter with locality-weighted load
-                // balancing, which clusters cannot enable here; metadata is inert.
+                // The locality itself is the pilot's business: the proxy only
+                // needs the grouping, its priority and weight. Metadata is inert.
                 l.locality = None;
                 l.load_balancing_weight = None;
                 l.metadata = None;
             },
         )?;
+        let weight = match &locality.load_balancing_weight {
+            None => 0,
+            Some(w) if w.value >= 1 => w.value,
+            Some(_) => {
+                return Err(
+                    scope.invalid(join(&lpath, "load_balancing_weight"), "must be at least 1")
+                );
+            }
+        };
+        let mut healthy_endpoints = Vec::new();
         for (j, lb) in locality.lb_endpoints.iter().enumerate() {
             let epath = join(&lpath, &format!("lb_endpoints[{j}]"));
             reject_unknown(scope, &epath, lb, fields::LB_ENDPOINT, |e| {
@@ -107,25 +135,47 @@ pub(crate) fn compile_in(
                 }
             };
             if healthy {
-                match by_priority
-                    .iter_mut()
-                    .find(|(p, _)| *p == locality.priority)
-                {
-                    Some((_, v)) => v.push(LbEndpointConfig { address, weight }),
-                    None => by_priority.push((
-                        locality.priority,
-                        vec![LbEndpointConfig { address, weight }],
-                    )),
-                }
+                healthy_endpoints.push(LbEndpointConfig { address, weight });
             }
         }
+        if !locality.lb_endpoints.is_empty() {
+            localities.push((
+                locality.priority,
+                weight,
+                healthy_endpoints,
+                locality.lb_endpoints.len(),
+            ));
+        }
     }
-    let endpoints = by_priority
-        .into_iter()
-        .min_by_key(|(p, _)| *p)
-        .map(|(_, v)| v)
-        .unwrap_or_default();
-    Ok(EndpointSet { endpoints, total })
+    let several_priorities = localities.windows(2).any(|w| w[0].0 != w[1].0);
+    let weighted = localities.iter().any(|(_, weight, _, _)| *weight > 0);
+    if !several_priorities && !weighted {
+        let endpoints = localities.into_iter().flat_map(|l| l.2).collect();
+        return Ok(EndpointSet {
+            endpoints,
+            total,
+            groups: Vec::new(),
+        });
+    }
+    // Stable: config order stays within a priority.
+    localities.sort_by_key(|l| l.0);
+    let mut endpoints = Vec::new();
+    let mut groups = Vec::with_capacity(localities.len());
+    for (priority, weight, healthy, listed) in localities {
+        groups.push(LocalityGroup {
+            priority,
+            weight,
+            start: endpoints.len(),
+            len: healthy.len(),
+            total: listed,
+        });
+        endpoints.extend(healthy);
+    }
+    Ok(EndpointSet {
+        endpoints,
+        total,
+        groups,
+    })
 }
 
 /// An IP socket address; names need DNS, which STATIC and EDS clusters do not do.
@@ -258,6 +308,91 @@ pub(crate) mod tests {
         let set = EndpointSet::compile(&cla).unwrap();
         assert_eq!(set.endpoints.len(), 1);
         assert_eq!(set.endpoints[0].address, "10.0.0.2:80".parse().unwrap());
+    }
+
+    #[test]
+    fn localities_are_kept_by_priority_when_they_matter() {
+        let locality = |priority: u32, weight: Option<u32>, ips: &[&str]| LocalityLbEndpoints {
+            priority,
+            load_balancing_weight: weight.map(|value| pb::google::protobuf::UInt32Value { value }),
+            lb_endpoints: ips
+                .iter()
+                .map(|ip| lb(ip, HealthStatus::Unknown, None))
+                .collect(),
+            ..Default::default()
+        };
+        let cla = ClusterLoadAssignment {
+            cluster_name: "c".into(),
+            endpoints: vec![
+                locality(1, None, &["10.0.0.3"]),
+                locality(0, None, &["10.0.0.1", "10.0.0.2"]),
+            ],
+            ..Default::default()
+        };
+        let set = EndpointSet::compile(&cla).unwrap();
+        let order: Vec<String> = set
+            .endpoints
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect();
+        assert_eq!(order, ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]);
+        assert_eq!(
+            set.groups,
+            [
+                LocalityGroup {
+                    priority: 0,
+                    weight: 0,
+                    start: 0,
+                    len: 2,
+                    total: 2
+                },
+                LocalityGroup {
+                    priority: 1,
+                    weight: 0,
+                    start: 2,
+                    len: 1,
+                    total: 1
+                },
+            ]
+        );
+        // One priority, no weights: a flat list.
+        let cla = ClusterLoadAssignment {
+            cluster_name: "c".into(),
+            endpoints: vec![
+                locality(0, None, &["10.0.0.1"]),
+                locality(0, None, &["10.0.0.2"]),
+            ],
+            ..Default::default()
+        };
+        let set = EndpointSet::compile(&cla).unwrap();
+        assert_eq!(set.endpoints.len(), 2);
+        assert!(set.groups.is_empty());
+        // Weights keep the localities apart.
+        let cla = ClusterLoadAssignment {
+            cluster_name: "c".into(),
+            endpoints: vec![
+                locality(0, Some(80), &["10.0.0.1"]),
+                locality(0, Some(20), &["10.0.0.2"]),
+            ],
+            ..Default::default()
+        };
+        let set = EndpointSet::compile(&cla).unwrap();
+        assert_eq!(
+            set.groups.iter().map(|g| g.weight).collect::<Vec<_>>(),
+            [80, 20]
+        );
+        let cla = ClusterLoadAssignment {
+            cluster_name: "c".into(),
+            endpoints: vec![LocalityLbEndpoints {
+                load_balancing_weight: Some(pb::google::protobuf::UInt32Value { value: 0 }),
+                ..locality(0, None, &["10.0.0.1"])
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            EndpointSet::compile(&cla).unwrap_err().to_string(),
+            "cluster_load_assignment c: endpoints[0].load_balancing_weight: must be at least 1"
+        );
     }
 
     #[test]

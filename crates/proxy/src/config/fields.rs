@@ -65,6 +65,7 @@ pub(super) const HTTP_CONNECTION_MANAGER: &[(u32, &str)] = &[
     (13, "access_log"),
     (14, "use_remote_address"),
     (15, "generate_request_id"),
+    (16, "forward_client_cert_details"),
     (17, "set_current_client_cert_details"),
     (18, "proxy_100_continue"),
     (19, "xff_num_trusted_hops"),
@@ -593,4 +594,119 @@ pub(super) const ORIGINAL_DST_LB_CONFIG: &[(u32, &str)] = &[
     (2, "http_header_name"),
     (3, "upstream_port_override"),
     (4, "metadata_key"),
+];
+pub(super) const TRANSPORT_SOCKET: &[(u32, &str)] = &[(1, "name"), (3, "typed_config")];
+pub(super) const TRANSPORT_SOCKET_MATCH: &[(u32, &str)] =
+    &[(1, "name"), (2, "match"), (3, "transport_socket")];
+pub(super) const UPSTREAM_TLS_CONTEXT: &[(u32, &str)] = &[
+    (1, "common_tls_context"),
+    (2, "sni"),
+    (3, "allow_renegotiation"),
+    (4, "max_session_keys"),
+    (5, "enforce_rsa_key_usage"),
+    (6, "auto_host_sni"),
+    (7, "auto_sni_san_validation"),
+];
+pub(super) const DOWNSTREAM_TLS_CONTEXT: &[(u32, &str)] = &[
+    (1, "common_tls_context"),
+    (2, "require_client_certificate"),
+    (3, "require_sni"),
+    (4, "session_ticket_keys"),
+    (5, "session_ticket_keys_sds_secret_config"),
+    (6, "session_timeout"),
+    (7, "disable_stateless_session_resumption"),
+    (8, "ocsp_staple_policy"),
+    (9, "full_scan_certs_on_sni_mismatch"),
+    (10, "disable_stateful_session_resumption"),
+    (11, "prefer_client_ciphers"),
+];
+pub(super) const COMMON_TLS_CONTEXT: &[(u32, &str)] = &[
+    (1, "tls_params"),
+    (2, "tls_certificates"),
+    (3, "validation_context"),
+    (4, "alpn_protocols"),
+    (6, "tls_certificate_sds_secret_configs"),
+    (7, "validation_context_sds_secret_config"),
+    (8, "combined_validation_context"),
+    (9, "tls_certificate_certificate_provider"),
+    (10, "validation_context_certificate_provider"),
+    (11, "tls_certificate_certificate_provider_instance"),
+    (12, "validation_context_certificate_provider_instance"),
+    (13, "custom_handshaker"),
+    (14, "tls_certificate_provider_instance"),
+    (15, "key_log"),
+    (16, "custom_tls_certificate_selector"),
+];
+pub(super) const TLS_PARAMETERS: &[(u32, &str)] = &[
+    (1, "tls_minimum_protocol_version"),
+    (2, "tls_maximum_protocol_version"),
+    (3, "cipher_suites"),
+    (4, "ecdh_curves"),
+    (5, "signature_algorithms"),
+    (6, "compliance_policies"),
+];
+pub(super) const TLS_CERTIFICATE: &[(u32, &str)] = &[
+    (1, "certificate_chain"),
+    (2, "private_key"),
+    (3, "password"),
+    (4, "ocsp_staple"),
+    (5, "signed_certificate_timestamp"),
+    (6, "private_key_provider"),
+    (7, "watched_directory"),
+    (8, "pkcs12"),
+    (9, "tls_params"),
+];
+pub(super) const CERTIFICATE_VALIDATION_CONTEXT: &[(u32, &str)] = &[
+    (1, "trusted_ca"),
+    (2, "verify_certificate_hash"),
+    (3, "verify_certificate_spki"),
+    (6, "require_signed_certificate_timestamp"),
+    (7, "crl"),
+    (8, "allow_expired_certificate"),
+    (9, "match_subject_alt_names"),
+    (10, "trust_chain_verification"),
+    (11, "watched_directory"),
+    (12, "custom_validator_config"),
+    (13, "ca_certificate_provider_instance"),
+    (14, "only_verify_leaf_cert_crl"),
+    (15, "match_typed_subject_alt_names"),
+    (16, "max_verify_depth"),
+    (17, "system_root_certs"),
+    (18, "suppress_client_ca_list"),
+];
+pub(super) const SUBJECT_ALT_NAME_MATCHER: &[(u32, &str)] =
+    &[(1, "san_type"), (2, "matcher"), (3, "oid")];
+pub(super) const COMBINED_VALIDATION_CONTEXT: &[(u32, &str)] = &[
+    (1, "default_validation_context"),
+    (2, "validation_context_sds_secret_config"),
+    (3, "validation_context_certificate_provider"),
+    (4, "validation_context_certificate_provider_instance"),
+];
+pub(super) const SDS_SECRET_CONFIG: &[(u32, &str)] = &[(1, "name"), (2, "sds_config")];
+pub(super) const API_CONFIG_SOURCE: &[(u32, &str)] = &[
+    (1, "api_type"),
+    (2, "cluster_names"),
+    (3, "refresh_delay"),
+    (4, "grpc_services"),
+    (5, "request_timeout"),
+    (6, "rate_limit_settings"),
+    (7, "set_node_on_first_message_only"),
+    (8, "transport_api_version"),
+    (9, "config_validators"),
+];
+pub(super) const SECRET: &[(u32, &str)] = &[
+    (1, "name"),
+    (2, "tls_certificate"),
+    (3, "session_ticket_keys"),
+    (4, "validation_context"),
+    (5, "generic_secret"),
+];
+pub(super) const SET_CURRENT_CLIENT_CERT_DETAILS: &[(u32, &str)] = &[
+    (1, "subject"),
+    (3, "cert"),
+    (4, "dns"),
+    (5, "uri"),
+    (6, "chain"),
+    (7, "format"),
+    (8, "issuer"),
 ];

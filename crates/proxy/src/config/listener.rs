@@ -26,6 +26,7 @@ use super::endpoint::socket_address;
 use super::fault::{FAULT_FILTER, FAULT_TYPE, FaultConfig};
 use super::route::{RouteTable, compile_table};
 use super::tcp_proxy::{TCP_PROXY, TCP_PROXY_TYPE, TcpProxyConfig};
+use super::tls::{DownstreamTls, SecretRef, downstream_socket};
 use super::{ConfigError, Scope, duration, fields, join, type_name, unpack};
 
 pub const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
@@ -87,6 +88,8 @@ pub struct FilterChainConfig {
     /// The chain's `name` (may be empty).
     pub name: Arc<str>,
     pub filter: NetworkFilter,
+    /// The chain's TLS termination; `None` is plaintext.
+    pub tls: Option<Arc<DownstreamTls>>,
 }
 
 /// A chain's terminal network filter.
@@ -121,6 +124,34 @@ pub struct HttpConfig {
     pub filters: HttpFilters,
     /// `upgrade_configs` lets WebSocket upgrades through.
     pub websocket: bool,
+    /// `forward_client_cert_details`: what happens to `x-forwarded-client-cert`.
+    pub forward_client_cert: ForwardClientCert,
+    /// `set_current_client_cert_details`: what this hop adds to it.
+    pub client_cert_details: ClientCertDetails,
+}
+
+/// Envoy's `ForwardClientCertDetails`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardClientCert {
+    /// Remove the header (the default).
+    #[default]
+    Sanitize,
+    /// Keep the header as received, on mutual TLS connections.
+    ForwardOnly,
+    /// Append this hop's details, on mutual TLS connections.
+    AppendForward,
+    /// Replace the header with this hop's details, on mutual TLS connections.
+    SanitizeSet,
+    /// Keep the header as received, always.
+    AlwaysForwardOnly,
+}
+
+/// The fields of `set_current_client_cert_details` that are implemented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientCertDetails {
+    pub subject: bool,
+    pub uri: bool,
+    pub dns: bool,
 }
 
 /// The HTTP filters an HCM runs before its router, each optional.
@@ -244,6 +275,16 @@ impl ListenerConfig {
             })
     }
 
+    /// The SDS secrets this listener's chains need.
+    pub fn secret_refs(&self) -> Vec<SecretRef> {
+        self.filter_chains
+            .iter()
+            .chain(self.default_chain.as_ref())
+            .filter_map(|c| c.tls.as_ref())
+            .flat_map(|t| t.common.secret_refs().cloned())
+            .collect()
+    }
+
     /// Whether accepted connections have their original destination restored
     /// (`use_original_dst` implies the `original_dst` listener filter).
     pub fn restores_destination(&self) -> bool {
@@ -328,15 +369,17 @@ fn compile_chain(
     path: &str,
     chain: &FilterChain,
 ) -> Result<(ChainMatch, FilterChainConfig), ConfigError> {
-    if let Some(ts) = &chain.transport_socket {
-        return Err(scope.unsupported(format!("{}.transport_socket {}", path, ts.name)));
-    }
     reject_unknown(scope, path, chain, fields::FILTER_CHAIN, |c| {
         c.filters.clear();
         c.name.clear();
         c.metadata = None;
         c.filter_chain_match = None;
+        c.transport_socket = None;
     })?;
+    let tls = match &chain.transport_socket {
+        Some(ts) => downstream_socket(scope, &join(path, "transport_socket"), ts)?,
+        None => None,
+    };
     let m = match &chain.filter_chain_match {
         Some(m) => compile_match(scope, &join(path, "filter_chain_match"), m)?,
         None => ChainMatch::default(),
@@ -381,6 +424,7 @@ fn compile_chain(
         FilterChainConfig {
             name: Arc::from(chain.name.as_str()),
             filter,
+            tls,
         },
     ))
 }
@@ -431,7 +475,43 @@ fn compile_hcm(
         h.server_name.clear();
         h.generate_request_id = None;
         h.upgrade_configs.clear();
+        h.forward_client_cert_details = 0;
+        h.set_current_client_cert_details = None;
     })?;
+    use http_connection_manager::ForwardClientCertDetails as Fcc;
+    let forward_client_cert = match Fcc::try_from(hcm.forward_client_cert_details) {
+        Ok(Fcc::Sanitize) => ForwardClientCert::Sanitize,
+        Ok(Fcc::ForwardOnly) => ForwardClientCert::ForwardOnly,
+        Ok(Fcc::AppendForward) => ForwardClientCert::AppendForward,
+        Ok(Fcc::SanitizeSet) => ForwardClientCert::SanitizeSet,
+        Ok(Fcc::AlwaysForwardOnly) => ForwardClientCert::AlwaysForwardOnly,
+        Err(_) => {
+            return Err(scope.invalid(
+                join(path, "forward_client_cert_details"),
+                "unknown enum value",
+            ));
+        }
+    };
+    let mut client_cert_details = ClientCertDetails::default();
+    if let Some(d) = &hcm.set_current_client_cert_details {
+        let dpath = join(path, "set_current_client_cert_details");
+        reject_unknown(
+            scope,
+            &dpath,
+            d,
+            fields::SET_CURRENT_CLIENT_CERT_DETAILS,
+            |d| {
+                d.subject = None;
+                d.uri = false;
+                d.dns = false;
+            },
+        )?;
+        client_cert_details = ClientCertDetails {
+            subject: d.subject.is_some_and(|b| b.value),
+            uri: d.uri,
+            dns: d.dns,
+        };
+    }
     let mut websocket = false;
     for (i, u) in hcm.upgrade_configs.iter().enumerate() {
         let upath = join(path, &format!("upgrade_configs[{i}]"));
@@ -553,6 +633,8 @@ fn compile_hcm(
         suppress_envoy_headers,
         filters,
         websocket,
+        forward_client_cert,
+        client_cert_details,
     })
 }
 
@@ -999,7 +1081,7 @@ pub(crate) mod tests {
             ),
             (
                 tls,
-                "listener l: filter_chains[0].transport_socket envoy.transport_sockets.tls is not supported",
+                "listener l: filter_chains[0].transport_socket.typed_config is required",
             ),
             (
                 tls_inspector,

@@ -25,6 +25,7 @@ pub mod matcher;
 pub mod retry;
 pub mod route;
 pub mod tcp_proxy;
+pub mod tls;
 
 use std::fmt;
 use std::time::Duration;
@@ -33,7 +34,7 @@ use mizzen_xds::pb;
 
 pub use chain::{ChainMatch, ChainSelector, Cidr};
 pub use cluster::{ClusterConfig, Discovery, LbPolicy, UpstreamProtocol};
-pub use endpoint::{EndpointSet, LbEndpointConfig};
+pub use endpoint::{EndpointSet, LbEndpointConfig, LocalityGroup};
 pub use listener::{
     Codec, FilterChainConfig, HttpConfig, HttpFilters, ListenerConfig, ListenerFilters,
     NetworkFilter, RouteSource, TrafficDirection,

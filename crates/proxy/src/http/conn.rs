@@ -7,13 +7,15 @@ use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::router;
+use crate::config::tls::DownstreamTls;
 use crate::config::{Codec, HttpConfig};
 use crate::listener::ListenerShared;
 use crate::state::DataPlane;
 use crate::stats::HttpStats;
+use crate::tls::PeerTls;
 
 /// A filter chain ending in the HTTP connection manager, with its stats.
 #[derive(Debug)]
@@ -22,6 +24,8 @@ pub(crate) struct HttpChain {
     pub listener: Arc<str>,
     pub config: Arc<HttpConfig>,
     pub stats: Arc<HttpStats>,
+    /// The chain's TLS termination, if any.
+    pub tls: Option<Arc<DownstreamTls>>,
 }
 
 /// Per-connection context handed to the router.
@@ -33,25 +37,38 @@ pub(crate) struct ConnContext {
     /// The destination as restored by `original_dst`, else the socket's
     /// local address: where ORIGINAL_DST clusters send requests.
     pub local: SocketAddr,
+    /// What the TLS handshake established; `None` on plaintext connections.
+    pub tls: Option<Arc<PeerTls>>,
 }
 
-pub(crate) async fn serve(
-    stream: TcpStream,
+pub(crate) async fn serve<S>(
+    stream: S,
     peer: SocketAddr,
     local: SocketAddr,
     chain: Arc<HttpChain>,
     shared: &ListenerShared,
-) {
-    let _ = stream.set_nodelay(true);
+    tls: Option<Arc<PeerTls>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let stats = chain.stats.clone();
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
-    let codec = chain.config.codec;
+    // Over TLS the negotiated ALPN picks the codec, as in Envoy.
+    let codec = match (
+        chain.config.codec,
+        tls.as_ref().and_then(|t| t.alpn.as_deref()),
+    ) {
+        (Codec::Auto, Some(b"h2")) => Codec::Http2,
+        (Codec::Auto, Some(b"http/1.1" | b"http/1.0")) => Codec::Http1,
+        (codec, _) => codec,
+    };
     let ctx = Arc::new(ConnContext {
         chain,
         data: shared.data.clone(),
         peer,
         local,
+        tls,
     });
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();

@@ -21,6 +21,8 @@ pub(crate) enum LocalReply {
     ConnectFailure,
     /// UF, the connect attempt timed out.
     ConnectTimeout,
+    /// UF, the TLS handshake with the upstream failed.
+    TlsConnectFailure,
     /// UC
     ConnectionTermination,
     /// UT
@@ -37,9 +39,9 @@ impl LocalReply {
             LocalReply::NoRoute => ResponseFlags::NO_ROUTE_FOUND,
             LocalReply::NoCluster(_) => ResponseFlags::NO_CLUSTER_FOUND,
             LocalReply::NoHealthyUpstream => ResponseFlags::NO_HEALTHY_UPSTREAM,
-            LocalReply::ConnectFailure | LocalReply::ConnectTimeout => {
-                ResponseFlags::UPSTREAM_CONNECTION_FAILURE
-            }
+            LocalReply::ConnectFailure
+            | LocalReply::ConnectTimeout
+            | LocalReply::TlsConnectFailure => ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
             LocalReply::ConnectionTermination => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
             LocalReply::Timeout => ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
             LocalReply::Overflow => ResponseFlags::UPSTREAM_OVERFLOW,
@@ -55,6 +57,9 @@ impl LocalReply {
             LocalReply::NoHealthyUpstream => "no_healthy_upstream",
             LocalReply::ConnectFailure | LocalReply::ConnectTimeout => {
                 "upstream_reset_before_response_started{remote_connection_failure}"
+            }
+            LocalReply::TlsConnectFailure => {
+                "upstream_reset_before_response_started{remote_connection_failure,TLS_error}"
             }
             LocalReply::ConnectionTermination => {
                 "upstream_reset_before_response_started{connection_termination}"
@@ -83,6 +88,9 @@ impl LocalReply {
             }
             LocalReply::ConnectTimeout => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection timeout"
+            }
+            LocalReply::TlsConnectFailure => {
+                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: TLS_error"
             }
             LocalReply::ConnectionTermination => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination"

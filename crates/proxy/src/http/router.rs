@@ -25,6 +25,7 @@ use crate::upstream::{AttemptResult, Breakers, RequestBody, SendError};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
@@ -114,9 +115,71 @@ pub(crate) async fn handle(req: Request<Incoming>, conn: &ConnContext) -> Respon
             cluster: out.cluster,
             upstream_host: out.upstream_host,
             details: out.details,
+            downstream_peer_principal: conn.tls.as_ref().and_then(|t| t.peer_principal.clone()),
         });
     }
     resp
+}
+
+/// `x-forwarded-client-cert` as Envoy's connection manager handles it
+/// (`forward_client_cert_details`): removed unless the connection is
+/// mutual TLS, kept, or given this hop's element
+/// `By=<our URI SAN>;Hash=<peer cert SHA-256>;Subject="...";URI=...;DNS=...`.
+fn forward_client_cert(
+    headers: &mut HeaderMap,
+    cfg: &crate::config::HttpConfig,
+    tls: Option<&crate::tls::PeerTls>,
+) {
+    use crate::config::listener::ForwardClientCert as F;
+    let mode = cfg.forward_client_cert;
+    if mode == F::AlwaysForwardOnly {
+        return;
+    }
+    let mutual = tls.filter(|t| t.peer_certificate);
+    let Some(t) = mutual.filter(|_| mode != F::Sanitize) else {
+        headers.remove(&X_FORWARDED_CLIENT_CERT);
+        return;
+    };
+    if mode == F::ForwardOnly {
+        return;
+    }
+    let mut element: Vec<String> = Vec::new();
+    for uri in t.local_uri_sans.iter() {
+        element.push(format!("By={uri}"));
+    }
+    if !t.peer_hash.is_empty() {
+        element.push(format!("Hash={}", t.peer_hash));
+    }
+    let details = cfg.client_cert_details;
+    if details.subject {
+        element.push(format!("Subject=\"{}\"", t.peer_subject));
+    }
+    if details.uri {
+        element.push(format!(
+            "URI={}",
+            t.peer_uri_sans.first().map(String::as_str).unwrap_or("")
+        ));
+    }
+    if details.dns {
+        for dns in &t.peer_dns_sans {
+            element.push(format!("DNS={dns}"));
+        }
+    }
+    let element = element.join(";");
+    let value = match (mode, headers.get(&X_FORWARDED_CLIENT_CERT)) {
+        (F::AppendForward, Some(existing)) => {
+            format!("{},{element}", String::from_utf8_lossy(existing.as_bytes()))
+        }
+        _ => element,
+    };
+    match HeaderValue::from_str(&value) {
+        Ok(v) => {
+            headers.insert(X_FORWARDED_CLIENT_CERT.clone(), v);
+        }
+        Err(_) => {
+            headers.remove(&X_FORWARDED_CLIENT_CERT);
+        }
+    }
 }
 
 struct ActiveRequest<'a>(&'a crate::stats::HttpStats);
@@ -143,7 +206,8 @@ async fn route(
 ) -> Response<ProxyBody> {
     let active: &HttpChain = &conn.chain;
     let cfg = &*active.config;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    forward_client_cert(&mut parts.headers, cfg, conn.tls.as_deref());
     out.grpc = super::respond::is_grpc(&parts.headers);
     let downstream_h2 = parts.version == Version::HTTP_2;
     // HTTP/1 absolute-form (`GET http://b/ HTTP/1.1`) carries a scheme.
@@ -449,7 +513,8 @@ async fn forward(
     }
     out.request_id = headers.get(&X_REQUEST_ID).cloned();
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        let proto = if conn.tls.is_some() { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     let attempt_header = !cfg.suppress_envoy_headers && levels.vhost.attempt_count_header;
     if !cfg.suppress_envoy_headers
@@ -663,6 +728,8 @@ async fn forward(
                 cluster.report(host, AttemptResult::ConnectFailed);
                 let reply = if reason == "connection timeout" {
                     LocalReply::ConnectTimeout
+                } else if reason.starts_with("TLS_error") {
+                    LocalReply::TlsConnectFailure
                 } else {
                     LocalReply::ConnectFailure
                 };

@@ -36,6 +36,22 @@ pub(super) fn restore_headers(headers: &mut HeaderMap) {
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 }
 
+/// An HTTP/1.1 client connection that may be upgraded, driven in the background.
+async fn handshake<S>(stream: S) -> Result<http1::SendRequest<RequestBody>, LocalReply>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| LocalReply::ConnectFailure)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upgraded upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
 /// Sends the handshake; on `101 Switching Protocols` pipes the two
 /// upgraded connections together in the background.
 pub(super) async fn forward(
@@ -51,14 +67,20 @@ pub(super) async fn forward(
             ConnectError::Timeout => LocalReply::ConnectTimeout,
             ConnectError::Io(_) => LocalReply::ConnectFailure,
         })?;
-    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| LocalReply::ConnectFailure)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upgraded upstream connection ended with an error");
+    let mut sender = match &host.tls {
+        None => handshake(stream).await?,
+        Some(tls) => {
+            let handshake_tls = crate::tls::connect(tls, host.address, stream);
+            let connected = tokio::time::timeout(connect_timeout, handshake_tls)
+                .await
+                .map_err(|_| LocalReply::ConnectTimeout)?
+                .map_err(|reason| {
+                    tracing::debug!(host = %host.address, %reason, "upstream TLS failed");
+                    LocalReply::TlsConnectFailure
+                })?;
+            handshake(connected.stream).await?
         }
-    });
+    };
     let mut resp = sender
         .send_request(req)
         .await

@@ -67,12 +67,14 @@ impl ActiveListener {
                 listener: config.name.clone(),
                 stats: data.stats.http(&h.stat_prefix),
                 config: h.clone(),
+                tls: c.tls.clone(),
             })),
             NetworkFilter::TcpProxy(t) => ActiveChain::Tcp(Arc::new(TcpChain {
                 listener: config.name.clone(),
                 chain: c.name.clone(),
                 stats: data.stats.tcp(&t.stat_prefix),
                 config: t.clone(),
+                tls: c.tls.clone(),
             })),
         };
         ActiveListener {
@@ -361,9 +363,40 @@ async fn serve(
         tracing::debug!(%peer, %dst, listener = %active.config.name, "no matching filter chain, closing");
         return;
     };
-    match chain.clone() {
-        ActiveChain::Http(h) => crate::http::conn::serve(stream, peer, dst, h, &shared).await,
-        ActiveChain::Tcp(t) => crate::tcp::proxy(stream, peer, dst, t, &shared).await,
+    let _ = stream.set_nodelay(true);
+    let chain = chain.clone();
+    let tls = match &chain {
+        ActiveChain::Http(h) => h.tls.clone(),
+        ActiveChain::Tcp(t) => t.tls.clone(),
+    };
+    let Some(tls) = tls else {
+        return match chain {
+            ActiveChain::Http(h) => {
+                crate::http::conn::serve(stream, peer, dst, h, &shared, None).await
+            }
+            ActiveChain::Tcp(t) => crate::tcp::proxy(stream, peer, dst, t, &shared, None).await,
+        };
+    };
+    // The handshake uses the chosen chain's context; a drain ends it.
+    let accepted = tokio::select! {
+        r = crate::tls::accept(&tls, &shared.data.secrets, stream) => r,
+        _ = shared.stopped() => return,
+    };
+    let accepted = match accepted {
+        Ok(a) => a,
+        Err(reason) => {
+            tracing::debug!(%peer, listener = %active.config.name, %reason, "downstream TLS handshake failed");
+            return;
+        }
+    };
+    let peer_tls = Some(accepted.peer);
+    match chain {
+        ActiveChain::Http(h) => {
+            crate::http::conn::serve(accepted.stream, peer, dst, h, &shared, peer_tls).await
+        }
+        ActiveChain::Tcp(t) => {
+            crate::tcp::proxy(accepted.stream, peer, dst, t, &shared, peer_tls).await
+        }
     }
 }
 

@@ -4,6 +4,11 @@
 //! Tables are built once per config snapshot; a pick reads them without
 //! locks. When outlier detection has ejected hosts, the caller passes the
 //! indices still usable and the pick is made among them.
+//!
+//! Clusters whose endpoints span several priorities, or that balance by
+//! locality weight, pick through a [`Layout`] first: a priority by Envoy's
+//! priority load, then (locality-weighted clusters) a locality, then a host
+//! with the cluster's policy within it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,8 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rand::Rng;
 
 use super::Host;
-use crate::config::LbPolicy;
 use crate::config::cluster_policy::LbParams;
+use crate::config::{EndpointSet, LbPolicy};
 
 /// Longest precomputed weighted round-robin schedule; larger weight sums fall
 /// back to weighted random choice.
@@ -190,6 +195,308 @@ impl Balancer {
         }
         let point = rand::rng().random_range(0..total);
         c.partition_point(|x| *x <= point)
+    }
+}
+
+/// Envoy's default overprovisioning factor, in percent: a priority or a
+/// locality counts as fully available until fewer than 1/1.4 (about 71 %)
+/// of its hosts are healthy.
+const OVERPROVISIONING: u64 = 140;
+
+/// Priorities and localities of a cluster, each with its own balancer over
+/// its slice of the host list (hosts are ordered by priority).
+#[derive(Debug)]
+pub struct Layout {
+    levels: Vec<Level>,
+    /// Below this share of healthy hosts (hundredths of a percent) a
+    /// priority is in panic and uses all its hosts.
+    panic_threshold: u32,
+    /// Priority loads while no host is ejected.
+    steady: Loads,
+    /// Position in the levels' locality schedules.
+    turn: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct Level {
+    hosts: Slice,
+    balancer: Balancer,
+    /// Only with locality-weighted load balancing.
+    localities: Vec<WeightedLocality>,
+    /// Locality indices in smooth weighted order while no host is ejected,
+    /// so that shares are exact rather than drawn (Envoy schedules
+    /// localities too); empty when too long to precompute.
+    schedule: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct WeightedLocality {
+    hosts: Slice,
+    weight: u32,
+    balancer: Balancer,
+}
+
+/// Hosts `start..start + len` of the cluster's list, out of `total` listed
+/// (the rest are unhealthy by EDS).
+#[derive(Debug, Clone, Copy)]
+struct Slice {
+    start: usize,
+    len: usize,
+    total: usize,
+}
+
+impl Slice {
+    fn healthy(&self, ejected: Option<&dyn Fn(usize) -> bool>) -> usize {
+        match ejected {
+            None => self.len,
+            Some(ejected) => (self.start..self.start + self.len)
+                .filter(|i| !ejected(*i))
+                .count(),
+        }
+    }
+
+    /// Availability in percent, overprovisioned and capped at 100.
+    fn availability(&self, healthy: usize) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        (OVERPROVISIONING * healthy as u64 / self.total as u64).min(100)
+    }
+}
+
+/// Percent of requests per priority, and which priorities are in panic.
+#[derive(Debug, Clone, Default)]
+struct Loads {
+    percent: Vec<u64>,
+    panic: Vec<bool>,
+}
+
+impl Layout {
+    /// `None` when one balancer over all hosts does: a single priority
+    /// without locality weighting.
+    pub fn new(policy: LbPolicy, params: &LbParams, set: &EndpointSet) -> Option<Layout> {
+        let groups = &set.groups;
+        let first = groups.first()?;
+        let single = groups.iter().all(|g| g.priority == first.priority);
+        if single && !params.locality_weighted {
+            return None;
+        }
+        let weights = |start: usize, len: usize| -> Vec<(SocketAddr, u32)> {
+            set.endpoints[start..start + len]
+                .iter()
+                .map(|e| (e.address, e.weight))
+                .collect()
+        };
+        let mut levels: Vec<Level> = Vec::new();
+        let mut i = 0;
+        while i < groups.len() {
+            let same: Vec<_> = groups[i..]
+                .iter()
+                .take_while(|g| g.priority == groups[i].priority)
+                .collect();
+            i += same.len();
+            let start = same[0].start;
+            let len: usize = same.iter().map(|g| g.len).sum();
+            let total: usize = same.iter().map(|g| g.total).sum();
+            let localities = if params.locality_weighted {
+                same.iter()
+                    .map(|g| WeightedLocality {
+                        hosts: Slice {
+                            start: g.start,
+                            len: g.len,
+                            total: g.total,
+                        },
+                        weight: g.weight,
+                        balancer: Balancer::new(policy, params, &weights(g.start, g.len)),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let steady: Vec<u32> = localities
+                .iter()
+                .map(|l: &WeightedLocality| {
+                    let effective = u64::from(l.weight) * l.hosts.availability(l.hosts.len);
+                    u32::try_from(effective).unwrap_or(u32::MAX)
+                })
+                .collect();
+            let schedule = if steady.iter().any(|w| *w > 0) {
+                smooth_schedule(&steady).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            levels.push(Level {
+                hosts: Slice { start, len, total },
+                balancer: Balancer::new(policy, params, &weights(start, len)),
+                localities,
+                schedule,
+            });
+        }
+        let mut layout = Layout {
+            levels,
+            panic_threshold: params.panic_threshold,
+            steady: Loads::default(),
+            turn: AtomicUsize::new(0),
+        };
+        layout.steady = layout.loads(None);
+        Some(layout)
+    }
+
+    /// Envoy's priority load: each priority takes its availability's share
+    /// of what the better ones leave, scaled so that availabilities summing
+    /// below 100 still carry all traffic; with no availability at all, load
+    /// follows host counts and every priority is in panic.
+    fn loads(&self, ejected: Option<&dyn Fn(usize) -> bool>) -> Loads {
+        let healthy: Vec<usize> = self
+            .levels
+            .iter()
+            .map(|l| l.hosts.healthy(ejected))
+            .collect();
+        let health: Vec<u64> = self
+            .levels
+            .iter()
+            .zip(&healthy)
+            .map(|(l, h)| l.hosts.availability(*h))
+            .collect();
+        let normalized = health.iter().sum::<u64>().min(100);
+        if normalized == 0 {
+            let all: usize = self.levels.iter().map(|l| l.hosts.total).sum();
+            let mut percent: Vec<u64> = self
+                .levels
+                .iter()
+                .map(|l| 100 * l.hosts.total as u64 / all.max(1) as u64)
+                .collect();
+            let given: u64 = percent.iter().sum();
+            percent[0] += 100 - given;
+            return Loads {
+                percent,
+                panic: vec![true; self.levels.len()],
+            };
+        }
+        let mut left = 100u64;
+        let mut percent: Vec<u64> = health
+            .iter()
+            .map(|h| {
+                let take = (h * 100 / normalized).min(left);
+                left -= take;
+                take
+            })
+            .collect();
+        // Rounding leftovers go to the first priority able to serve.
+        if left > 0
+            && let Some(first) = health.iter().position(|h| *h > 0)
+        {
+            percent[first] += left;
+        }
+        let threshold = u64::from(self.panic_threshold);
+        let panic = self
+            .levels
+            .iter()
+            .zip(&healthy)
+            .map(|(l, h)| {
+                normalized < 100 && (*h as u64) * 10_000 < threshold * l.hosts.total as u64
+            })
+            .collect();
+        Loads { percent, panic }
+    }
+
+    /// Index of the chosen host. `ejected`, when some hosts may be ejected,
+    /// says which.
+    pub fn pick(
+        &self,
+        hosts: &[Arc<Host>],
+        rr: &AtomicUsize,
+        hash: Option<u64>,
+        ejected: Option<&dyn Fn(usize) -> bool>,
+    ) -> Option<usize> {
+        let computed;
+        let loads = match ejected {
+            None => &self.steady,
+            Some(_) => {
+                computed = self.loads(ejected);
+                &computed
+            }
+        };
+        // A request's hash keeps it on one priority, as on one host.
+        let point = hash.map_or_else(|| rand::rng().random_range(0..100), |h| h % 100);
+        let mut acc = 0;
+        let p = loads
+            .percent
+            .iter()
+            .position(|share| {
+                acc += share;
+                point < acc
+            })
+            .unwrap_or(0);
+        let level = &self.levels[p];
+        if loads.panic[p] {
+            let slice = &hosts[level.hosts.start..level.hosts.start + level.hosts.len];
+            return level
+                .balancer
+                .pick(slice, rr, hash, None)
+                .map(|i| level.hosts.start + i);
+        }
+        if let Some(locality) = self.choose_locality(level, ejected) {
+            return Self::pick_in(&locality.balancer, locality.hosts, hosts, rr, hash, ejected);
+        }
+        Self::pick_in(&level.balancer, level.hosts, hosts, rr, hash, ejected)
+    }
+
+    /// A locality by weight times availability (Envoy's locality-weighted
+    /// load balancing); `None` without locality weighting or when no
+    /// locality has any effective weight.
+    fn choose_locality<'a>(
+        &self,
+        level: &'a Level,
+        ejected: Option<&dyn Fn(usize) -> bool>,
+    ) -> Option<&'a WeightedLocality> {
+        if level.localities.is_empty() {
+            return None;
+        }
+        if ejected.is_none() && !level.schedule.is_empty() {
+            let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+            return Some(&level.localities[level.schedule[turn % level.schedule.len()] as usize]);
+        }
+        let effective: Vec<u64> = level
+            .localities
+            .iter()
+            .map(|l| u64::from(l.weight) * l.hosts.availability(l.hosts.healthy(ejected)))
+            .collect();
+        let sum: u64 = effective.iter().sum();
+        if sum == 0 {
+            return None;
+        }
+        let mut point = rand::rng().random_range(0..sum);
+        let i = effective.iter().position(|w| {
+            if point < *w {
+                true
+            } else {
+                point -= w;
+                false
+            }
+        })?;
+        Some(&level.localities[i])
+    }
+
+    /// A host of `slice` not ejected, with the slice's balancer.
+    fn pick_in(
+        balancer: &Balancer,
+        slice: Slice,
+        hosts: &[Arc<Host>],
+        rr: &AtomicUsize,
+        hash: Option<u64>,
+        ejected: Option<&dyn Fn(usize) -> bool>,
+    ) -> Option<usize> {
+        let own = &hosts[slice.start..slice.start + slice.len];
+        let usable: Option<Vec<usize>> = ejected.and_then(|ejected| {
+            let ok: Vec<usize> = (0..slice.len)
+                .filter(|i| !ejected(slice.start + i))
+                .collect();
+            (ok.len() < slice.len).then_some(ok)
+        });
+        balancer
+            .pick(own, rr, hash, usable.as_deref())
+            .map(|i| slice.start + i)
     }
 }
 
@@ -400,6 +707,114 @@ mod tests {
             }
             assert!(seen.iter().all(|n| *n > 600), "{policy:?} {seen:?}");
         }
+    }
+
+    /// Localities as (priority, weight, hosts), one host address each.
+    fn layout(groups: &[(u32, u32, usize)], locality_weighted: bool) -> (Layout, Vec<Arc<Host>>) {
+        use crate::config::{LbEndpointConfig, LocalityGroup};
+        let mut set = EndpointSet::default();
+        for (priority, weight, n) in groups {
+            set.groups.push(LocalityGroup {
+                priority: *priority,
+                weight: *weight,
+                start: set.endpoints.len(),
+                len: *n,
+                total: *n,
+            });
+            for _ in 0..*n {
+                let i = set.endpoints.len();
+                set.endpoints.push(LbEndpointConfig {
+                    address: format!("10.0.0.{i}:80").parse().unwrap(),
+                    weight: 1,
+                });
+            }
+        }
+        set.total = set.endpoints.len();
+        let params = LbParams {
+            locality_weighted,
+            ..LbParams::default()
+        };
+        let hosts = hosts(set.endpoints.len());
+        (
+            Layout::new(LbPolicy::RoundRobin, &params, &set).unwrap(),
+            hosts,
+        )
+    }
+
+    /// Share of `n` picks per host index, in percent.
+    fn shares(layout: &Layout, hosts: &[Arc<Host>], ejected: &[usize], n: usize) -> Vec<f64> {
+        let rr = AtomicUsize::new(0);
+        let is_ejected = |i: usize| ejected.contains(&i);
+        let ejected: Option<&dyn Fn(usize) -> bool> = (!ejected.is_empty()).then_some(&is_ejected);
+        let mut counts = vec![0usize; hosts.len()];
+        for _ in 0..n {
+            counts[layout.pick(hosts, &rr, None, ejected).unwrap()] += 1;
+        }
+        counts
+            .iter()
+            .map(|c| *c as f64 * 100.0 / n as f64)
+            .collect()
+    }
+
+    #[test]
+    fn priorities_spill_over_as_hosts_are_ejected() {
+        // Priority 0 (hosts 0, 1), priority 1 (hosts 2, 3).
+        let (l, h) = layout(&[(0, 0, 2), (1, 0, 2)], false);
+        assert_eq!(shares(&l, &h, &[], 1000), [50.0, 50.0, 0.0, 0.0]);
+        // Half of priority 0 left: health 50 % x 1.4 = 70 % of the load.
+        let s = shares(&l, &h, &[0], 20_000);
+        assert_eq!(s[0], 0.0);
+        assert!((s[1] - 70.0).abs() < 2.0, "{s:?}");
+        assert!((s[2] + s[3] - 30.0).abs() < 2.0, "{s:?}");
+        // Priority 0 gone: everything to priority 1.
+        assert_eq!(shares(&l, &h, &[0, 1], 1000), [0.0, 0.0, 50.0, 50.0]);
+        // Nothing healthy anywhere: load by host count, all hosts used.
+        let s = shares(&l, &h, &[0, 1, 2, 3], 20_000);
+        assert!(s.iter().all(|x| (x - 25.0).abs() < 2.0), "{s:?}");
+    }
+
+    #[test]
+    fn one_host_in_four_down_keeps_the_priority_whole() {
+        // 3/4 healthy x 1.4 > 100 %: priority 1 gets nothing.
+        let (l, h) = layout(&[(0, 0, 4), (1, 0, 1)], false);
+        let s = shares(&l, &h, &[0], 3000);
+        assert_eq!(s[4], 0.0);
+    }
+
+    #[test]
+    fn localities_by_weight_and_availability() {
+        // Weights 80 and 20; two hosts each.
+        let (l, h) = layout(&[(0, 80, 2), (0, 20, 2)], true);
+        let s = shares(&l, &h, &[], 1000);
+        assert_eq!(s[0] + s[1], 80.0);
+        assert_eq!(s[2] + s[3], 20.0);
+        // Half the heavy locality ejected: 80 x 70 against 20 x 100.
+        let s = shares(&l, &h, &[0], 20_000);
+        let heavy = 80.0 * 70.0 / (80.0 * 70.0 + 20.0 * 100.0) * 100.0;
+        assert!((s[1] - heavy).abs() < 2.0, "{s:?}");
+        // A locality without weight gets nothing.
+        let (l, h) = layout(&[(0, 1, 1), (0, 0, 1)], true);
+        assert_eq!(shares(&l, &h, &[], 100), [100.0, 0.0]);
+    }
+
+    #[test]
+    fn single_priority_without_locality_weights_needs_no_layout() {
+        use crate::config::{LbEndpointConfig, LocalityGroup};
+        let set = EndpointSet {
+            endpoints: vec![LbEndpointConfig {
+                address: "10.0.0.1:80".parse().unwrap(),
+                weight: 1,
+            }],
+            total: 1,
+            groups: vec![LocalityGroup {
+                priority: 0,
+                weight: 5,
+                start: 0,
+                len: 1,
+                total: 1,
+            }],
+        };
+        assert!(Layout::new(LbPolicy::RoundRobin, &LbParams::default(), &set).is_none());
     }
 
     #[test]

@@ -19,13 +19,44 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-pub use lb::{Balancer, hash_bytes};
+pub use lb::{Balancer, Layout, hash_bytes};
 pub use pool::{RequestBody, SendError, UpstreamBody};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::cluster_policy::Outlier;
+use crate::config::tls::UpstreamTls;
 use crate::config::{ClusterConfig, Discovery, EndpointSet};
 use crate::stats::ClusterStats;
+use crate::tls::{HostTls, Secrets};
+
+/// The transport socket of each host of a cluster in one snapshot.
+#[derive(Debug, Default)]
+pub enum Transports {
+    /// Every host in plaintext (no TLS configured: the common case).
+    #[default]
+    Plain,
+    /// Every host with this socket (`None`: plaintext).
+    All(Option<Arc<UpstreamTls>>),
+    /// Per endpoint address (`transport_socket_matches`), with the socket
+    /// for addresses not listed.
+    ByAddress(
+        HashMap<SocketAddr, Option<Arc<UpstreamTls>>>,
+        Option<Arc<UpstreamTls>>,
+    ),
+}
+
+impl Transports {
+    fn get(&self, addr: SocketAddr) -> Option<&Arc<UpstreamTls>> {
+        match self {
+            Transports::Plain => None,
+            Transports::All(t) => t.as_ref(),
+            Transports::ByAddress(map, other) => match map.get(&addr) {
+                Some(t) => t.as_ref(),
+                None => other.as_ref(),
+            },
+        }
+    }
+}
 
 /// Why an upstream connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +103,9 @@ pub async fn connect(
 #[derive(Debug)]
 pub struct Host {
     pub address: SocketAddr,
+    /// TLS origination; `None` is plaintext. A host has one transport for
+    /// life, so its pools never mix TLS and plaintext connections.
+    pub tls: Option<Arc<HostTls>>,
     /// Requests in flight, for LEAST_REQUEST.
     active: AtomicU32,
     pool: pool::Pools,
@@ -81,9 +115,15 @@ pub struct Host {
 }
 
 impl Host {
-    fn new(address: SocketAddr, stats: Arc<ClusterStats>, breakers: Arc<Breakers>) -> Host {
+    fn new(
+        address: SocketAddr,
+        stats: Arc<ClusterStats>,
+        breakers: Arc<Breakers>,
+        tls: Option<Arc<HostTls>>,
+    ) -> Host {
         Host {
             address,
+            tls,
             active: AtomicU32::new(0),
             pool: pool::Pools::default(),
             stats,
@@ -94,7 +134,16 @@ impl Host {
 
     #[cfg(test)]
     pub(crate) fn for_tests(address: SocketAddr) -> Host {
-        Host::new(address, Arc::default(), Arc::default())
+        Host::new(address, Arc::default(), Arc::default(), None)
+    }
+
+    /// Whether this host's transport is `tls` (equal settings count as the same).
+    fn has_transport(&self, tls: Option<&Arc<UpstreamTls>>) -> bool {
+        match (&self.tls, tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.config.key == b.key,
+            _ => false,
+        }
     }
 
     /// Whether outlier detection has this host ejected at `now` (ms).
@@ -201,6 +250,7 @@ pub struct Upstream {
     hosts: Mutex<HashMap<SocketAddr, Arc<Host>>>,
     /// ORIGINAL_DST hosts, with when each was last used.
     dynamic: Mutex<DynamicHosts>,
+    secrets: Arc<Secrets>,
 }
 
 #[derive(Debug)]
@@ -210,8 +260,9 @@ struct DynamicHosts {
 }
 
 impl Upstream {
-    pub fn new(name: Arc<str>, stats: Arc<ClusterStats>) -> Upstream {
+    pub fn new(name: Arc<str>, stats: Arc<ClusterStats>, secrets: Arc<Secrets>) -> Upstream {
         Upstream {
+            secrets,
             name,
             stats,
             breakers: Arc::default(),
@@ -227,7 +278,12 @@ impl Upstream {
 
     /// The host for an original destination, made on first use. Hosts idle
     /// for `cleanup` (and not in use) are dropped with their pools.
-    pub fn original_dst_host(&self, dst: SocketAddr, cleanup: Duration) -> Arc<Host> {
+    pub fn original_dst_host(
+        &self,
+        dst: SocketAddr,
+        cleanup: Duration,
+        tls: Option<&Arc<UpstreamTls>>,
+    ) -> Arc<Host> {
         let now = Instant::now();
         let mut d = self.dynamic.lock().unwrap_or_else(|e| e.into_inner());
         if now.duration_since(d.last_sweep) >= cleanup {
@@ -238,12 +294,13 @@ impl Upstream {
             self.stats.membership_total.set(d.hosts.len() as i64);
         }
         let before = d.hosts.len();
-        let entry = d.hosts.entry(dst).or_insert_with(|| {
-            (
-                Arc::new(Host::new(dst, self.stats.clone(), self.breakers.clone())),
-                now,
-            )
-        });
+        let entry = d
+            .hosts
+            .entry(dst)
+            .or_insert_with(|| (self.new_host(dst, tls), now));
+        if !entry.0.has_transport(tls) {
+            entry.0 = self.new_host(dst, tls);
+        }
         entry.1 = now;
         let host = entry.0.clone();
         if d.hosts.len() != before {
@@ -253,24 +310,37 @@ impl Upstream {
         host
     }
 
-    /// Hosts for `set`, reusing existing ones (and their pools) and forgetting
-    /// hosts no longer listed.
-    fn hosts_for(&self, set: &EndpointSet) -> Vec<Arc<Host>> {
+    fn new_host(&self, address: SocketAddr, tls: Option<&Arc<UpstreamTls>>) -> Arc<Host> {
+        let tls = tls.map(|config| {
+            Arc::new(HostTls {
+                config: config.clone(),
+                secrets: self.secrets.clone(),
+            })
+        });
+        Arc::new(Host::new(
+            address,
+            self.stats.clone(),
+            self.breakers.clone(),
+            tls,
+        ))
+    }
+
+    /// Hosts for `set`, reusing existing ones (and their pools) when their
+    /// transport is unchanged, and forgetting hosts no longer listed.
+    fn hosts_for(&self, set: &EndpointSet, transports: &Transports) -> Vec<Arc<Host>> {
         let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         let out: Vec<Arc<Host>> = set
             .endpoints
             .iter()
             .map(|e| {
-                hosts
+                let tls = transports.get(e.address);
+                let host = hosts
                     .entry(e.address)
-                    .or_insert_with(|| {
-                        Arc::new(Host::new(
-                            e.address,
-                            self.stats.clone(),
-                            self.breakers.clone(),
-                        ))
-                    })
-                    .clone()
+                    .or_insert_with(|| self.new_host(e.address, tls));
+                if !host.has_transport(tls) {
+                    *host = self.new_host(e.address, tls);
+                }
+                host.clone()
             })
             .collect();
         hosts.retain(|addr, _| set.endpoints.iter().any(|e| e.address == *addr));
@@ -282,9 +352,13 @@ impl Upstream {
 #[derive(Debug)]
 pub struct ClusterEntry {
     pub config: Arc<ClusterConfig>,
+    /// The socket for ORIGINAL_DST hosts (endpoints without metadata).
+    original_dst_tls: Option<Arc<UpstreamTls>>,
     pub upstream: Arc<Upstream>,
     pub hosts: Vec<Arc<Host>>,
     balancer: Balancer,
+    /// Priorities and locality weights, when the endpoints have them.
+    layout: Option<Layout>,
 }
 
 impl ClusterEntry {
@@ -292,8 +366,14 @@ impl ClusterEntry {
         config: Arc<ClusterConfig>,
         endpoints: &EndpointSet,
         upstream: Arc<Upstream>,
+        transports: Transports,
     ) -> ClusterEntry {
-        let hosts = upstream.hosts_for(endpoints);
+        let hosts = upstream.hosts_for(endpoints, &transports);
+        let original_dst_tls = match &transports {
+            Transports::Plain => None,
+            Transports::All(t) => t.clone(),
+            Transports::ByAddress(_, other) => other.clone(),
+        };
         let weights: Vec<(SocketAddr, u32)> = endpoints
             .endpoints
             .iter()
@@ -305,7 +385,9 @@ impl ClusterEntry {
             stats.membership_total.set(endpoints.total as i64);
         }
         ClusterEntry {
+            original_dst_tls,
             balancer: Balancer::new(config.lb, &config.lb_params, &weights),
+            layout: Layout::new(config.lb, &config.lb_params, endpoints),
             config,
             upstream,
             hosts,
@@ -315,6 +397,15 @@ impl ClusterEntry {
     /// Picks an endpoint, or `None` when the cluster has no healthy host
     /// (always for ORIGINAL_DST clusters: see [`ClusterEntry::original_dst_host`]).
     pub fn pick(&self, hash: Option<u64>) -> Option<&Arc<Host>> {
+        if let Some(layout) = &self.layout {
+            let now = now_ms();
+            let ejections = self.config.outlier.is_some()
+                && self.upstream.eject_horizon.load(Ordering::Relaxed) > now;
+            let ejected = |i: usize| self.hosts[i].ejected(now);
+            let ejected: Option<&dyn Fn(usize) -> bool> = ejections.then_some(&ejected);
+            let i = layout.pick(&self.hosts, &self.upstream.rr, hash, ejected)?;
+            return self.hosts.get(i);
+        }
         // Only clusters with outlier detection can have ejected hosts.
         let usable = match self.config.outlier {
             Some(_) => {
@@ -441,9 +532,11 @@ impl ClusterEntry {
     /// original destination; `None` for other clusters.
     pub fn original_dst_host(&self, dst: SocketAddr) -> Option<Arc<Host>> {
         match &self.config.discovery {
-            Discovery::OriginalDst { cleanup_interval } => {
-                Some(self.upstream.original_dst_host(dst, *cleanup_interval))
-            }
+            Discovery::OriginalDst { cleanup_interval } => Some(self.upstream.original_dst_host(
+                dst,
+                *cleanup_interval,
+                self.original_dst_tls.as_ref(),
+            )),
             _ => None,
         }
     }
@@ -470,6 +563,7 @@ mod tests {
             limits: Limits::default(),
             outlier: Some(outlier),
             pool: PoolOptions::default(),
+            transport: None,
         });
         let endpoints = EndpointSet {
             endpoints: (0..n)
@@ -479,9 +573,14 @@ mod tests {
                 })
                 .collect(),
             total: n,
+            groups: Vec::new(),
         };
-        let upstream = Arc::new(Upstream::new(Arc::from("c"), Arc::default()));
-        ClusterEntry::new(config, &endpoints, upstream)
+        let upstream = Arc::new(Upstream::new(
+            Arc::from("c"),
+            Arc::default(),
+            Arc::new(Secrets::new(None)),
+        ));
+        ClusterEntry::new(config, &endpoints, upstream, Transports::Plain)
     }
 
     fn outlier() -> Outlier {

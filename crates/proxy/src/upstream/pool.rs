@@ -17,10 +17,12 @@ use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::{Breakers, Host};
 use crate::config::ClusterConfig;
+use crate::tls::HostTls;
 
 /// Idle HTTP/1.1 connections kept per host.
 const MAX_IDLE_H1: usize = 256;
@@ -376,6 +378,28 @@ impl Host {
         }
     }
 
+    /// Completes TLS origination on a new connection. A failed handshake
+    /// is a connect failure, as in Envoy.
+    async fn tls(
+        &self,
+        tls: &HostTls,
+        stream: TcpStream,
+        timeout: Duration,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, SendError> {
+        let handshake = crate::tls::connect(tls, self.address, stream);
+        let result = match tokio::time::timeout(timeout, handshake).await {
+            Ok(r) => r,
+            Err(_) => Err("connection timeout".to_string()),
+        };
+        match result {
+            Ok(c) => Ok(c.stream),
+            Err(reason) => {
+                self.stats.upstream_cx_connect_fail.inc();
+                Err(SendError::Connect(reason))
+            }
+        }
+    }
+
     async fn connect_h1(
         &self,
         timeout: Duration,
@@ -383,6 +407,23 @@ impl Host {
         slot: ConnectionSlot,
     ) -> Result<http1::SendRequest<RequestBody>, SendError> {
         let stream = self.connect(timeout, source).await?;
+        match &self.tls {
+            None => self.handshake_h1(stream, slot).await,
+            Some(tls) => {
+                let stream = self.tls(tls, stream, timeout).await?;
+                self.handshake_h1(stream, slot).await
+            }
+        }
+    }
+
+    async fn handshake_h1<S>(
+        &self,
+        stream: S,
+        slot: ConnectionSlot,
+    ) -> Result<http1::SendRequest<RequestBody>, SendError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| SendError::Connect(e.to_string()))?;
@@ -396,6 +437,19 @@ impl Host {
         source: Option<SocketAddr>,
     ) -> Result<http2::SendRequest<RequestBody>, SendError> {
         let stream = self.connect(timeout, source).await?;
+        match &self.tls {
+            None => self.handshake_h2(stream).await,
+            Some(tls) => {
+                let stream = self.tls(tls, stream, timeout).await?;
+                self.handshake_h2(stream).await
+            }
+        }
+    }
+
+    async fn handshake_h2<S>(&self, stream: S) -> Result<http2::SendRequest<RequestBody>, SendError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake(TokioIo::new(stream))
             .await

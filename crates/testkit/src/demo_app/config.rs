@@ -38,6 +38,9 @@ pub struct AppConfig {
     /// Serve HTTPS (HTTP/1.1 or HTTP/2 by ALPN) with a self-signed
     /// certificate made at start, instead of plain text.
     pub tls: bool,
+    /// More ports [`run`](super::run) serves the same app on, at the IP of
+    /// `listen_addr` (a pod whose app listens on several ports).
+    pub extra_ports: Vec<u16>,
 }
 
 impl Default for AppConfig {
@@ -55,6 +58,7 @@ impl Default for AppConfig {
             echo_request: false,
             delay: Duration::ZERO,
             tls: false,
+            extra_ports: Vec::new(),
         }
     }
 }
@@ -84,7 +88,8 @@ impl AppConfig {
     /// `UPSTREAM_URIS` (comma-separated), `ERROR_RATE`, `ERROR_CODE`,
     /// `MESSAGE`, `HTTP_PROXY` (or `http_proxy`),
     /// `HTTP_CLIENT_REQUEST_TIMEOUT` (a duration such as `30s` or `500ms`)
-    /// and `ECHO_REQUEST` (`true` to report the request received).
+    /// `ECHO_REQUEST` (`true` to report the request received) and
+    /// `EXTRA_PORTS` (more ports to serve on, comma-separated).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
         let mut config = Self::default();
@@ -120,6 +125,17 @@ impl AppConfig {
                 config.http_proxy = Some(proxy);
                 break;
             }
+        }
+        if let Some(ports) = get("EXTRA_PORTS") {
+            config.extra_ports = ports
+                .split(',')
+                .map(|p| p.trim().parse::<u16>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| ConfigError {
+                    var: "EXTRA_PORTS",
+                    value: ports.clone(),
+                    expected: "comma-separated port numbers",
+                })?;
         }
         if let Some(echo) = get("ECHO_REQUEST") {
             config.echo_request = match echo.as_str() {
@@ -353,6 +369,7 @@ mod tests {
             ("http_proxy", "http://127.0.0.1:15001"),
             ("HTTP_CLIENT_REQUEST_TIMEOUT", "1m2.5s"),
             ("ECHO_REQUEST", "true"),
+            ("EXTRA_PORTS", "8081, 9000"),
         ])
         .unwrap();
         assert_eq!(
@@ -373,6 +390,7 @@ mod tests {
                 echo_request: true,
                 delay: Duration::ZERO,
                 tls: false,
+                extra_ports: vec![8081, 9000],
             }
         );
     }

@@ -63,7 +63,18 @@ pub async fn run(config: AppConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
-    serve(config, listener).await
+    let mut extra = tokio::task::JoinSet::new();
+    for port in &config.extra_ports {
+        let address = SocketAddr::new(config.listen_addr.ip(), *port);
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        extra.spawn(serve(config.clone(), listener));
+    }
+    tokio::select! {
+        served = serve(config, listener) => served,
+        Some(Ok(Err(error))) = extra.join_next() => Err(error),
+    }
 }
 
 /// Serves requests on `listener` until the task is dropped.
