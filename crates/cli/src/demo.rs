@@ -35,6 +35,11 @@ pub const EXAMPLE_FILES: [(&str, &str); 2] = [
     ),
 ];
 
+/// The host the gateway serves over HTTPS, and the Secret holding its
+/// certificate (the seed's names).
+pub const EDGE_HOST: &str = "istioinaction.io";
+pub const EDGE_SECRET: &str = "istioinaction-cert";
+
 /// The port every demo app listens on (the Services' target port).
 const APP_PORT: u16 = 8080;
 
@@ -128,6 +133,17 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         );
     }
     println!("config directory: {}", config_dir.display());
+    let edge = crate::edge_certs::write(
+        &options.dir.join("edge-ca"),
+        &config_dir,
+        "istio-system",
+        EDGE_SECRET,
+        &[EDGE_HOST],
+    )?;
+    println!(
+        "demo CA for https://{EDGE_HOST}:8443: {}",
+        edge.ca_cert.display()
+    );
     if pods {
         let log_dir = options.dir.join("logs");
         let mesh = crate::pods::PodMesh::start(crate::pods::PodOptions {
@@ -136,11 +152,16 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             log_dir: log_dir.clone(),
             debug_address: options.debug_address,
             apps: apps()?,
-            forwards: vec![(
-                SocketAddr::from(([127, 0, 0, 1], 8080)),
-                "istio-system/istio-ingressgateway".to_string(),
-                8080,
-            )],
+            forwards: [8080, 8443]
+                .into_iter()
+                .map(|port| {
+                    (
+                        SocketAddr::from(([127, 0, 0, 1], port)),
+                        "istio-system/istio-ingressgateway".to_string(),
+                        port,
+                    )
+                })
+                .collect(),
             network: Default::default(),
             ca_dir: Some(options.dir.join("ca")),
         })
@@ -157,7 +178,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             mesh.pods.keys().cloned().collect::<Vec<_>>().join(", "),
             log_dir.display()
         );
-        print_tour(&examples);
+        print_tour(&examples, &edge.ca_cert);
         println!("  mizzen exec service-b -- curl -s http://service-c/");
         println!(
             "Sidecars talk mutual TLS; the legacy pod (no sidecar) still gets through in plain text:"
@@ -197,7 +218,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     for (name, proxy) in &mesh.proxies {
         println!("proxy {name}: admin on http://{}/", proxy.admin_address());
     }
-    print_tour(&examples);
+    print_tour(&examples, &edge.ca_cert);
     println!("Ctrl-C stops the mesh.");
     tokio::signal::ctrl_c().await?;
     println!("stopping");
@@ -205,13 +226,17 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_tour(examples: &Path) {
+fn print_tour(examples: &Path, ca_cert: &Path) {
     println!();
     println!("The mesh is ready. Try:");
     println!(
         "  for i in $(seq 10); do curl -s -o /dev/null -w '%{{http_code}}\\n' http://127.0.0.1:8080/; done"
     );
     println!("  curl -s http://127.0.0.1:8080/");
+    println!(
+        "  curl -s --cacert {} https://{EDGE_HOST}:8443/ --resolve {EDGE_HOST}:8443:127.0.0.1",
+        ca_cert.display()
+    );
     println!("service-c v2 fails half of its requests. Send service-c to v1 only:");
     println!(
         "  mizzen apply -f {}",

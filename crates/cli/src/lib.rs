@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod demo;
+pub mod edge_certs;
 pub mod local;
 pub mod meshes;
 pub mod netns;

@@ -31,6 +31,15 @@ fn write_config(dir: &Path) -> Ipv4Addr {
         }
         std::fs::write(dir.join(name), text).unwrap();
     }
+    // The gateway's HTTPS certificate, as `mizzen demo` writes it.
+    mizzen_cli::edge_certs::write(
+        &dir.join(".edge-ca"),
+        dir,
+        "istio-system",
+        mizzen_cli::demo::EDGE_SECRET,
+        &[mizzen_cli::demo::EDGE_HOST],
+    )
+    .unwrap();
     gateway
 }
 

@@ -24,6 +24,15 @@ fn write_config(dir: &Path) -> std::net::Ipv4Addr {
         }
         std::fs::write(dir.join(name), text).unwrap();
     }
+    // The gateway's HTTPS certificate, as `mizzen demo` writes it.
+    mizzen_cli::edge_certs::write(
+        &dir.join(".edge-ca"),
+        dir,
+        "istio-system",
+        mizzen_cli::demo::EDGE_SECRET,
+        &[mizzen_cli::demo::EDGE_HOST],
+    )
+    .unwrap();
     gateway
 }
 
@@ -153,6 +162,32 @@ async fn mutual_tls_between_loopback_proxies() {
         codes.keys().filter(|c| **c != 200 && **c != 500).count(),
         0,
         "{codes:?}"
+    );
+    // HTTPS at the gateway with the demo CA's certificate for
+    // istioinaction.io, delivered to the gateway as a Secret over ADS.
+    let ca = config.join(".edge-ca/ca.crt");
+    let resolve = format!("istioinaction.io:8443:{gateway_ip}");
+    let mut https = String::new();
+    for _ in 0..50 {
+        let output = std::process::Command::new("curl")
+            .args(["-sS", "-m", "5", "--cacert"])
+            .arg(&ca)
+            .args(["--resolve", &resolve, "https://istioinaction.io:8443/"])
+            .output();
+        let Ok(output) = output else {
+            https = "SKIP: curl is not installed".into();
+            break;
+        };
+        https = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        if https.contains("\"service-a\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        https.contains("\"service-a\"") || https.starts_with("SKIP"),
+        "HTTPS through the gateway: {https}"
     );
     // Each proxy holds a SPIFFE certificate from the pilot's CA.
     let (_, _, certs) = mizzen_testkit::http_get(
