@@ -366,23 +366,62 @@ pub fn client_config(
     Ok(config)
 }
 
-/// Verifies a server certificate chain with webpki against the mesh roots,
-/// then checks its SPIFFE URI SAN instead of a DNS name.
+/// What a peer's leaf certificate must name, checked once its chain has
+/// verified. In the mesh this replaces the DNS name check: the SNI names a
+/// cluster, while what must be proven is who the peer is.
+pub trait PeerNames: std::fmt::Debug + Send + Sync {
+    /// `Ok` when `leaf` names an acceptable peer; otherwise the error rustls
+    /// reports (see [`leaf_names`] and [`name_mismatch`]).
+    fn check_names(&self, leaf: &CertificateDer<'_>) -> Result<(), rustls::Error>;
+}
+
+/// The parsed leaf a [`PeerNames`] check reads the SANs from; a leaf that
+/// does not parse is a badly encoded certificate.
+pub fn leaf_names(leaf: &CertificateDer<'_>) -> Result<x509::CertInfo, rustls::Error> {
+    x509::inspect(leaf)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))
+}
+
+/// A failed [`PeerNames`] check as a certificate error, so the handshake
+/// fails with `err` as its cause.
+pub fn name_mismatch(err: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(err))))
+}
+
+/// Verifies a server certificate: webpki checks that the chain leads to
+/// the trust anchors and is valid now, then `N` checks the names in the
+/// leaf instead of a DNS name.
 #[derive(Debug)]
-pub struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
-    expected: Vec<Identity>,
+pub struct ServerVerifier<N> {
+    /// The trust anchors and the name check; `None` accepts any certificate.
+    anchors: Option<(Arc<RootCertStore>, N)>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl SpiffeServerVerifier {
-    pub fn new(roots: &TrustBundle, expected: Vec<Identity>, provider: &CryptoProvider) -> Self {
+impl<N: PeerNames> ServerVerifier<N> {
+    pub fn with_roots(roots: Arc<RootCertStore>, names: N, provider: &CryptoProvider) -> Self {
         Self {
-            roots: roots.root_store(),
-            expected,
+            anchors: Some((roots, names)),
             algorithms: provider.signature_verification_algorithms,
         }
     }
+
+    /// Accepts any server certificate, as Envoy does for a cluster without a
+    /// validation context. The handshake signature is still checked, so the
+    /// server must hold the key of the certificate it presents.
+    pub fn accepting_any(provider: &CryptoProvider) -> Self {
+        Self {
+            anchors: None,
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+}
+
+/// Secure naming: the server must present a SPIFFE URI SAN among `expected`.
+/// An empty list accepts any identity.
+#[derive(Debug, Clone)]
+pub struct SecureNaming {
+    expected: Vec<Identity>,
 }
 
 /// The server's certificate is valid but names nobody the client expected.
@@ -393,7 +432,38 @@ pub struct SecureNamingError {
     pub expected: Vec<String>,
 }
 
-impl ServerCertVerifier for SpiffeServerVerifier {
+impl PeerNames for SecureNaming {
+    fn check_names(&self, leaf: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        if self.expected.is_empty() {
+            return Ok(());
+        }
+        let presented = leaf_names(leaf)?.uri_sans;
+        let matches = presented.iter().any(|uri| {
+            uri.parse::<Identity>()
+                .is_ok_and(|id| self.expected.contains(&id))
+        });
+        if matches {
+            Ok(())
+        } else {
+            Err(name_mismatch(SecureNamingError {
+                presented,
+                expected: self.expected.iter().map(Identity::to_uri).collect(),
+            }))
+        }
+    }
+}
+
+/// Verifies a server certificate chain against the mesh roots, then checks
+/// its SPIFFE URI SAN instead of a DNS name.
+pub type SpiffeServerVerifier = ServerVerifier<SecureNaming>;
+
+impl SpiffeServerVerifier {
+    pub fn new(roots: &TrustBundle, expected: Vec<Identity>, provider: &CryptoProvider) -> Self {
+        Self::with_roots(roots.root_store(), SecureNaming { expected }, provider)
+    }
+}
+
+impl<N: PeerNames> ServerCertVerifier for ServerVerifier<N> {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -402,35 +472,19 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some((roots, names)) = &self.anchors else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let cert = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            roots,
             intermediates,
             now,
             self.algorithms.all,
         )?;
-        if self.expected.is_empty() {
-            return Ok(ServerCertVerified::assertion());
-        }
-        let presented = x509::inspect(end_entity)
-            .map(|info| info.uri_sans)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        let matches = presented.iter().any(|uri| {
-            uri.parse::<Identity>()
-                .is_ok_and(|id| self.expected.contains(&id))
-        });
-        if matches {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            let err = SecureNamingError {
-                presented,
-                expected: self.expected.iter().map(Identity::to_uri).collect(),
-            };
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(err)),
-            )))
-        }
+        names.check_names(end_entity)?;
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

@@ -524,6 +524,16 @@ impl Model {
         (host, port)
     }
 
+    /// The workloads a service's selector picks (indexed once per model).
+    fn selected_workloads(&self, service: &Service) -> impl Iterator<Item = &Workload> {
+        self.selected
+            .get(&service.hostname)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|&i| &self.workloads[i])
+    }
+
     /// Endpoints of a service port, optionally narrowed to a subset's labels.
     pub fn endpoints(
         &self,
@@ -532,12 +542,7 @@ impl Model {
         subset: Option<&BTreeMap<String, String>>,
     ) -> Vec<Endpoint> {
         let mut out: Vec<Endpoint> = self
-            .selected
-            .get(&service.hostname)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .map(|&i| &self.workloads[i])
+            .selected_workloads(service)
             .filter(|w| subset.is_none_or(|labels| labels_match(labels, &w.labels)))
             .filter_map(|w| {
                 let target = match &service.entry {
@@ -565,12 +570,7 @@ impl Model {
     /// serve it (Istio's secure naming), sorted.
     pub fn service_identities(&self, service: &Service) -> Vec<String> {
         let mut out: Vec<String> = self
-            .selected
-            .get(&service.hostname)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .map(|&i| &self.workloads[i])
+            .selected_workloads(service)
             .map(|w| self.spiffe_id(&w.namespace, &w.service_account))
             .chain(
                 service

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use mizzen_xds::pb::envoy::config::core::v3::Node;
+use mizzen_xds::pb::envoy::config::core::v3::{Locality as LocalityProto, Node};
 
 /// Whether the proxy fronts one workload or is a gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,17 @@ pub const LOCALITY_LABEL: &str = "istio-locality";
 const REGION_LABEL: &str = "topology.kubernetes.io/region";
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+
+/// From the xDS form (a node's or an endpoint group's locality).
+impl From<&LocalityProto> for Locality {
+    fn from(l: &LocalityProto) -> Self {
+        Locality {
+            region: l.region.clone(),
+            zone: l.zone.clone(),
+            sub_zone: l.sub_zone.clone(),
+        }
+    }
+}
 
 impl Locality {
     /// `region/zone/subzone`, trailing parts optional; `None` when empty.
@@ -184,11 +195,7 @@ impl ProxyNode {
             locality: node
                 .locality
                 .as_ref()
-                .map(|l| Locality {
-                    region: l.region.clone(),
-                    zone: l.zone.clone(),
-                    sub_zone: l.sub_zone.clone(),
-                })
+                .map(Locality::from)
                 .filter(|l| !l.is_empty())
                 .or_else(|| Locality::from_labels(&labels)),
             labels,

@@ -53,6 +53,24 @@ pub struct AgentArgs {
     /// Istio's CA (`https://istiod:15012`, or `host:port`).
     #[arg(long, env = "CA_ADDR")]
     pub ca_address: String,
+    #[command(flatten)]
+    pub ca: CaClientArgs,
+    /// The workload's namespace (env `POD_NAMESPACE`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// The workload's service account (env `SERVICE_ACCOUNT`).
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
+    pub service_account: String,
+    /// Log filter (`info`, `mizzen_identity=debug`...); env `MIZZEN_LOG` wins.
+    #[arg(long, default_value = "info")]
+    pub log: String,
+}
+
+/// How `proxy` and `agent` obtain the workload certificate from Istio's CA
+/// (its address is given separately: the agent requires it, the proxy does
+/// not).
+#[derive(Debug, Args)]
+pub struct CaClientArgs {
     /// PEM roots that verify the CA's serving certificate.
     #[arg(long, default_value = "/var/run/secrets/istio/root-cert.pem")]
     pub ca_root_cert: std::path::PathBuf,
@@ -62,18 +80,26 @@ pub struct AgentArgs {
     /// Trust domain of the workload identity.
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
-    /// The workload's namespace (env `POD_NAMESPACE`).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    pub namespace: String,
-    /// The workload's service account (env `SERVICE_ACCOUNT`).
-    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
-    pub service_account: String,
     /// Lifetime asked for the workload certificate (e.g. `24h`).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub cert_ttl: Duration,
-    /// Log filter (`info`, `mizzen_identity=debug`...); env `MIZZEN_LOG` wins.
-    #[arg(long, default_value = "info")]
-    pub log: String,
+}
+
+impl CaClientArgs {
+    /// Obtains the certificate for `identity` from the CA at `ca_address`;
+    /// the returned manager renews it at half-life.
+    async fn obtain_certificate(
+        &self,
+        ca_address: &str,
+        identity: mizzen_identity::Identity,
+    ) -> anyhow::Result<mizzen_identity::CertificateManager> {
+        let root = std::fs::read_to_string(&self.ca_root_cert)
+            .with_context(|| format!("reading the CA root {}", self.ca_root_cert.display()))?;
+        let token = mizzen_identity::workload::TokenSource::File(self.token_file.clone());
+        mizzen_identity::workload::start_remote(ca_address, &root, token, identity, self.cert_ttl)
+            .await
+            .context("obtaining the workload certificate")
+    }
 }
 
 /// `istio-iptables`' flags, with the values Istio's injector gives a sidecar
@@ -295,18 +321,8 @@ pub struct ProxyArgs {
     /// `ROOTCA` (what pilot-agent does for Envoy).
     #[arg(long, env = "CA_ADDR")]
     pub ca_address: Option<String>,
-    /// PEM roots that verify the CA's serving certificate.
-    #[arg(long, default_value = "/var/run/secrets/istio/root-cert.pem")]
-    pub ca_root_cert: std::path::PathBuf,
-    /// Bearer token sent to the CA, re-read for every request.
-    #[arg(long, default_value = "/var/run/secrets/tokens/istio-token")]
-    pub token_file: std::path::PathBuf,
-    /// Trust domain of the workload identity.
-    #[arg(long, default_value = "cluster.local")]
-    pub trust_domain: String,
-    /// Lifetime asked for the workload certificate (e.g. `24h`).
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
-    pub cert_ttl: Duration,
+    #[command(flatten)]
+    pub ca: CaClientArgs,
     /// Istio's status port for sidecars (`/healthz/ready`, plaintext); 0 disables.
     #[arg(long, default_value_t = 15021)]
     pub status_port: u16,
@@ -501,24 +517,16 @@ where
 
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     init_logging(&args.log)?;
-    let identity =
-        mizzen_identity::Identity::new(&args.trust_domain, &args.namespace, &args.service_account)?;
+    let identity = mizzen_identity::Identity::new(
+        &args.ca.trust_domain,
+        &args.namespace,
+        &args.service_account,
+    )?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let root = std::fs::read_to_string(&args.ca_root_cert)
-            .with_context(|| format!("reading the CA root {}", args.ca_root_cert.display()))?;
-        let token = mizzen_identity::workload::TokenSource::File(args.token_file.clone());
-        let manager = mizzen_identity::workload::start_remote(
-            &args.ca_address,
-            &root,
-            token,
-            identity,
-            args.cert_ttl,
-        )
-        .await
-        .context("obtaining the workload certificate")?;
+        let manager = args.ca.obtain_certificate(&args.ca_address, identity).await?;
         tracing::info!(
             serial = %manager.current().serial(),
             socket = %args.sds_socket.display(),
@@ -620,7 +628,7 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         .build()?;
     let (status_address, prometheus_address) = args.status_addresses();
     let identity = match &args.ca_address {
-        Some(_) => Some(workload_identity(&args.trust_domain, &node)?),
+        Some(_) => Some(workload_identity(&args.ca.trust_domain, &node)?),
         None => None,
     };
     let mut opts = ProxyOptions {
@@ -634,14 +642,8 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     };
     let result = data.block_on(async move {
         if let (Some(ca), Some(identity)) = (&args.ca_address, identity) {
-            let root = std::fs::read_to_string(&args.ca_root_cert)
-                .with_context(|| format!("reading the CA root {}", args.ca_root_cert.display()))?;
-            let token = mizzen_identity::workload::TokenSource::File(args.token_file.clone());
             tracing::info!(%ca, identity = %identity, "requesting the workload certificate");
-            let manager =
-                mizzen_identity::workload::start_remote(ca, &root, token, identity, args.cert_ttl)
-                    .await
-                    .context("obtaining the workload certificate")?;
+            let manager = args.ca.obtain_certificate(ca, identity).await?;
             tracing::info!(serial = %manager.current().serial(), "workload certificate ready");
             opts.identity = Some(std::sync::Arc::new(manager));
         }
@@ -853,10 +855,12 @@ mod tests {
             "1h",
         ]);
         assert_eq!(a.ca_address.as_deref(), Some("https://10.213.0.1:15012"));
-        assert_eq!(a.cert_ttl, Duration::from_secs(3600));
+        assert_eq!(a.ca.cert_ttl, Duration::from_secs(3600));
         let node = build_node(&a, &BTreeMap::new());
         assert_eq!(
-            workload_identity(&a.trust_domain, &node).unwrap().to_uri(),
+            workload_identity(&a.ca.trust_domain, &node)
+                .unwrap()
+                .to_uri(),
             "spiffe://example.org/ns/demo/sa/sleep"
         );
         assert_eq!(

@@ -81,6 +81,9 @@ pub struct ProxyOptions {
     /// Istio's merged metrics port (15090): `GET /stats/prometheus` in
     /// plaintext. `None`: not served.
     pub prometheus_address: Option<SocketAddr>,
+    /// Looks up the names of STRICT_DNS and LOGICAL_DNS clusters; `None`
+    /// uses the system resolver. Tests substitute a fixed table.
+    pub resolver: Option<Arc<dyn upstream::dns::Resolver>>,
 }
 
 impl ProxyOptions {
@@ -98,6 +101,7 @@ impl ProxyOptions {
             identity: None,
             status_address: None,
             prometheus_address: None,
+            resolver: None,
         }
     }
 }
@@ -164,14 +168,19 @@ impl Proxy {
         let secrets = Arc::new(tls::Secrets::new(
             opts.identity.as_ref().map(|m| (**m).clone()),
         ));
-        let state = Arc::new(ConfigState::new(
+        let resolver = opts
+            .resolver
+            .clone()
+            .unwrap_or_else(|| Arc::new(upstream::dns::SystemResolver));
+        let state = ConfigState::new(
             stats,
             opts.observer.clone(),
             original_dst,
             secrets,
+            resolver,
             data_runtime,
             opts.drain_timeout,
-        ));
+        );
         let admin_socket = listener::bind(opts.admin_address)
             .with_context(|| format!("cannot bind the admin address {}", opts.admin_address))?;
         let admin_address = admin_socket.local_addr()?;

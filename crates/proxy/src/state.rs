@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -22,6 +22,7 @@ use pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use crate::config::dns::DnsConfig;
 use crate::config::tls::{CompiledSecret, SecretRef, UpstreamTls, compile_secret};
 use crate::config::{
     ClusterConfig, ConfigError, Discovery, EndpointSet, ListenerConfig, RouteTable, type_name,
@@ -31,6 +32,7 @@ use crate::listener::{self, ActiveListener, ListenerHandle, ListenerShared, Orig
 use crate::record::RequestObserver;
 use crate::stats::{Stats, XdsStats};
 use crate::tls::Secrets;
+use crate::upstream::dns::{Resolutions, Resolver};
 use crate::upstream::{ClusterEntry, Upstream};
 
 /// What the data path reads: route tables and clusters by name.
@@ -111,6 +113,8 @@ struct Store {
     endpoints: TypeState<ClusterLoadAssignment, Arc<EndpointSet>>,
     secrets: TypeState<Secret, CompiledSecret>,
     upstreams: HashMap<Arc<str>, Arc<Upstream>>,
+    /// DNS clusters by name, with their resolver tasks.
+    dns: HashMap<Arc<str>, DnsState>,
     handles: Vec<ListenerHandle>,
     cds_applied: bool,
     lds_applied: bool,
@@ -120,6 +124,22 @@ struct Store {
     shutting_down: bool,
 }
 
+/// A DNS cluster's resolution: the task resolving it and its latest result.
+#[derive(Debug)]
+struct DnsState {
+    config: Arc<DnsConfig>,
+    /// The assignment with the names resolved (for per-endpoint transport
+    /// sockets) and its endpoints; `None` until the first round ends.
+    resolved: Option<(ClusterLoadAssignment, Arc<EndpointSet>)>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for DnsState {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The proxy's configuration state and the xDS entry points.
 pub(crate) struct ConfigState {
     store: Mutex<Store>,
@@ -127,6 +147,9 @@ pub(crate) struct ConfigState {
     runtime: Handle,
     drain_timeout: Duration,
     readiness: watch::Sender<Readiness>,
+    /// This state, for the DNS tasks (which must not keep it alive).
+    me: Weak<ConfigState>,
+    resolver: Arc<dyn Resolver>,
 }
 
 /// A read-only view of the applied resources, for `/config_dump`.
@@ -155,15 +178,19 @@ fn strip<P: Clone, C>(t: &TypeState<P, C>) -> (String, Vec<Applied<P, ()>>) {
 }
 
 impl ConfigState {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         stats: Arc<Stats>,
         observer: Option<Arc<dyn RequestObserver>>,
         original_dst: Arc<dyn OriginalDst>,
         secrets: Arc<Secrets>,
+        resolver: Arc<dyn Resolver>,
         runtime: Handle,
         drain_timeout: Duration,
-    ) -> ConfigState {
-        ConfigState {
+    ) -> Arc<ConfigState> {
+        Arc::new_cyclic(|me| ConfigState {
+            me: me.clone(),
+            resolver,
             store: Mutex::new(Store::default()),
             data: Arc::new(DataPlane {
                 snapshot: ArcSwap::from_pointee(Snapshot::default()),
@@ -176,7 +203,7 @@ impl ConfigState {
             runtime,
             drain_timeout,
             readiness: watch::channel(Readiness::PreInitializing).0,
-        }
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -299,6 +326,7 @@ impl ConfigState {
             resources,
         };
         store.cds_applied = true;
+        self.sync_dns(store);
         // Endpoint data of clusters that went away is not needed any more.
         let wanted = wanted_endpoints(store);
         store
@@ -307,6 +335,81 @@ impl ConfigState {
             .retain(|name, _| wanted.contains(name));
         self.prune_secrets(store);
         Ok(())
+    }
+
+    /// Starts resolving new or changed DNS clusters and stops resolving the
+    /// ones gone; unchanged clusters keep their task and last result.
+    fn sync_dns(&self, store: &mut Store) {
+        let wanted: HashMap<Arc<str>, Arc<DnsConfig>> = store
+            .clusters
+            .resources
+            .values()
+            .filter_map(|a| match &a.compiled.discovery {
+                Discovery::Dns(d) => Some((a.compiled.name.clone(), d.clone())),
+                _ => None,
+            })
+            .collect();
+        store
+            .dns
+            .retain(|name, st| wanted.get(name).is_some_and(|d| **d == *st.config));
+        for (name, config) in wanted {
+            if store.dns.contains_key(&name) {
+                continue;
+            }
+            let me = self.me.clone();
+            let task = self.runtime.spawn(crate::upstream::dns::run(
+                self.resolver.clone(),
+                name.clone(),
+                config.clone(),
+                {
+                    let name = name.clone();
+                    let config = config.clone();
+                    move |r: &Resolutions| {
+                        me.upgrade()
+                            .is_some_and(|state| state.dns_resolved(&name, &config, r))
+                    }
+                },
+            ));
+            store.dns.insert(
+                name,
+                DnsState {
+                    config,
+                    resolved: None,
+                    task: task.abort_handle(),
+                },
+            );
+        }
+    }
+
+    /// Takes one resolution round of a DNS cluster; republishes when its
+    /// endpoints changed. False once the cluster (in this form) is gone.
+    fn dns_resolved(&self, name: &Arc<str>, config: &Arc<DnsConfig>, r: &Resolutions) -> bool {
+        let mut store = self.lock();
+        if store.shutting_down {
+            return false;
+        }
+        let Some(st) = store.dns.get_mut(name) else {
+            return false;
+        };
+        if !Arc::ptr_eq(&st.config, config) {
+            return false;
+        }
+        let cla = config.resolved_assignment(&r.addresses);
+        if st.resolved.as_ref().is_some_and(|(old, _)| *old == cla) {
+            return true;
+        }
+        match config.endpoints(name, &cla) {
+            Ok(set) => {
+                tracing::debug!(cluster = %name, hosts = set.endpoints.len(), "DNS cluster hosts updated");
+                st.resolved = Some((cla, Arc::new(set)));
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %name, error = %e, "resolved endpoints refused");
+                return true;
+            }
+        }
+        self.publish(&mut store);
+        true
     }
 
     /// The workload secrets exist only when the proxy has a certificate
@@ -611,6 +714,10 @@ impl ConfigState {
                     self.data.secrets.clone(),
                 ))
             });
+            let resolved = match &cfg.discovery {
+                Discovery::Dns(_) => store.dns.get(&cfg.name).and_then(|d| d.resolved.as_ref()),
+                _ => None,
+            };
             let endpoints: &EndpointSet = match &cfg.discovery {
                 Discovery::Static(set) => set,
                 Discovery::OriginalDst { .. } => &empty,
@@ -620,8 +727,20 @@ impl ConfigState {
                     .get(&**service_name)
                     .map(|a| &*a.compiled)
                     .unwrap_or(&empty),
+                Discovery::Dns(_) => resolved.map(|(_, set)| &**set).unwrap_or(&empty),
             };
-            let transports = endpoint_transports(cfg, a, &store.endpoints);
+            let cla = match &cfg.discovery {
+                Discovery::Static(_) => a.proto.load_assignment.as_ref(),
+                Discovery::Eds { service_name } => store
+                    .endpoints
+                    .resources
+                    .get(&**service_name)
+                    .map(|a| &a.proto),
+                Discovery::Dns(_) => resolved.map(|(cla, _)| cla),
+                // Original destinations carry no metadata.
+                Discovery::OriginalDst { .. } => None,
+            };
+            let transports = endpoint_transports(cfg, cla);
             let entry = ClusterEntry::new(cfg.clone(), endpoints, upstream.clone(), transports);
             clusters.insert(cfg.name.clone(), Arc::new(entry));
             upstreams.insert(cfg.name.clone(), upstream);
@@ -643,6 +762,9 @@ impl ConfigState {
             && store.lds_applied
             && wanted_routes(store).is_subset(&store.rds_seen)
             && wanted_endpoints(store).is_subset(&store.eds_seen)
+            // Like Envoy's cluster warming: DNS clusters wait for their first
+            // resolution round, whatever it found.
+            && store.dns.values().all(|d| d.resolved.is_some())
         {
             Readiness::Live
         } else {
@@ -662,6 +784,7 @@ impl ConfigState {
         let handles = {
             let mut store = self.lock();
             store.shutting_down = true;
+            store.dns.clear();
             std::mem::take(&mut store.handles)
         };
         // The table refers back to the listeners: emptying it ends hand-offs
@@ -706,8 +829,7 @@ fn wanted_secrets(store: &Store) -> BTreeSet<String> {
 /// when the cluster has one socket for all (or none).
 fn endpoint_transports(
     cfg: &ClusterConfig,
-    applied: &Applied<Cluster, Arc<ClusterConfig>>,
-    endpoints: &TypeState<ClusterLoadAssignment, Arc<EndpointSet>>,
+    cla: Option<&ClusterLoadAssignment>,
 ) -> crate::upstream::Transports {
     use crate::config::tls::endpoint_match_metadata;
     use crate::upstream::Transports;
@@ -717,14 +839,6 @@ fn endpoint_transports(
     if !t.has_matches() {
         return Transports::All(t.default.clone());
     }
-    let cla = match &cfg.discovery {
-        Discovery::Static(_) => applied.proto.load_assignment.as_ref(),
-        Discovery::Eds { service_name } => {
-            endpoints.resources.get(&**service_name).map(|a| &a.proto)
-        }
-        // Original destinations carry no metadata.
-        Discovery::OriginalDst { .. } => None,
-    };
     let mut by_address: HashMap<SocketAddr, Option<Arc<UpstreamTls>>> = HashMap::new();
     for lb in cla
         .iter()

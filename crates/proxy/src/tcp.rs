@@ -58,29 +58,22 @@ impl Split for TcpStream {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Split for tokio_rustls::server::TlsStream<S> {
-    type R<'a>
-        = tokio::io::ReadHalf<&'a mut Self>
-    where
-        S: 'a;
-    type W<'a>
-        = tokio::io::WriteHalf<&'a mut Self>
-    where
-        S: 'a;
-    fn halves(&mut self) -> (Self::R<'_>, Self::W<'_>) {
-        tokio::io::split(self)
-    }
-}
+/// A TLS stream, of either side: reads and writes go through one rustls
+/// session, so its halves are tokio's lock-sharing split.
+pub(crate) trait TlsSession: AsyncRead + AsyncWrite + Unpin {}
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Split for tokio_rustls::client::TlsStream<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsSession for tokio_rustls::server::TlsStream<S> {}
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsSession for tokio_rustls::client::TlsStream<S> {}
+
+impl<T: TlsSession> Split for T {
     type R<'a>
         = tokio::io::ReadHalf<&'a mut Self>
     where
-        S: 'a;
+        T: 'a;
     type W<'a>
         = tokio::io::WriteHalf<&'a mut Self>
     where
-        S: 'a;
+        T: 'a;
     fn halves(&mut self) -> (Self::R<'_>, Self::W<'_>) {
         tokio::io::split(self)
     }

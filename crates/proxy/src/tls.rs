@@ -23,17 +23,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use mizzen_identity::tls::{PeerNames, ServerVerifier, leaf_names, name_mismatch};
 use mizzen_identity::{CertificateManager, WorkloadCertificate};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
-use rustls::crypto::CryptoProvider;
+use rustls::client::ResolvesClientCert;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
-    ServerConfig, SignatureScheme,
+    ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -254,12 +253,13 @@ fn client_config(
 ) -> Result<Arc<Cached<ClientConfig>>, String> {
     cached(&tls.cache, secrets, || {
         let common = &tls.common;
-        let verifier = Arc::new(ServerVerifier {
-            validation: match &common.validation {
-                Some(v) => Some((v.clone(), roots_of(v, secrets)?)),
-                None => None,
-            },
-            provider: common.provider.clone(),
+        let verifier = Arc::new(match &common.validation {
+            Some(v) => ServerVerifier::with_roots(
+                roots_of(v, secrets)?.store.clone(),
+                v.clone(),
+                &common.provider,
+            ),
+            None => ServerVerifier::accepting_any(&common.provider),
         });
         let builder = ClientConfig::builder_with_provider(common.provider.clone())
             .with_protocol_versions(&common.versions)
@@ -292,14 +292,6 @@ impl ResolvesClientCert for FixedClientCert {
     }
 }
 
-/// Verifies a server like Envoy: chain to the trust anchors and the SAN
-/// matchers; no validation context accepts any certificate.
-#[derive(Debug)]
-struct ServerVerifier {
-    validation: Option<(Validation, Arc<Roots>)>,
-    provider: Arc<CryptoProvider>,
-}
-
 /// The peer certificate is valid but no SAN matched.
 #[derive(Debug, thiserror::Error)]
 #[error("no subject alt name of the peer certificate ({presented:?}) matches")]
@@ -307,78 +299,20 @@ struct SanMismatch {
     presented: Vec<String>,
 }
 
-fn check_sans(v: &Validation, leaf: &CertificateDer<'_>) -> Result<(), rustls::Error> {
-    if v.subject_alt_names.is_empty() {
-        return Ok(());
-    }
-    let info = mizzen_identity::x509::inspect(leaf)
-        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-    if v.san_matches(&info.uri_sans, &info.dns_sans) {
-        return Ok(());
-    }
-    let mut presented = info.uri_sans;
-    presented.extend(info.dns_sans);
-    Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-        OtherError(Arc::new(SanMismatch { presented })),
-    )))
-}
-
-impl ServerCertVerifier for ServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some((v, roots)) = &self.validation else {
-            return Ok(ServerCertVerified::assertion());
-        };
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &roots.store,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        check_sans(v, end_entity)?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+/// A validation context's SAN matchers, for servers (through the identity
+/// crate's [`ServerVerifier`]) and clients (through [`ClientVerifier`]).
+impl PeerNames for Validation {
+    fn check_names(&self, leaf: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        if self.subject_alt_names.is_empty() {
+            return Ok(());
+        }
+        let info = leaf_names(leaf)?;
+        if self.san_matches(&info.uri_sans, &info.dns_sans) {
+            return Ok(());
+        }
+        let mut presented = info.uri_sans;
+        presented.extend(info.dns_sans);
+        Err(name_mismatch(SanMismatch { presented }))
     }
 }
 
@@ -525,7 +459,7 @@ impl ClientCertVerifier for ClientVerifier {
         let ok = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        check_sans(&self.validation, end_entity)?;
+        self.validation.check_names(end_entity)?;
         Ok(ok)
     }
 

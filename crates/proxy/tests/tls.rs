@@ -1200,6 +1200,163 @@ async fn ads_secret_terminates_tls_and_is_replaced() {
     p.shutdown().await;
 }
 
+/// The serial of the leaf a TLS server presents to a client that can verify
+/// only `schemes` (all of the provider's when empty).
+async fn presented_key(addr: SocketAddr, schemes: &[rustls::SignatureScheme]) -> Option<String> {
+    #[derive(Debug)]
+    struct Only(AnyServer, Vec<rustls::SignatureScheme>);
+    impl rustls::client::danger::ServerCertVerifier for Only {
+        fn verify_server_cert(
+            &self,
+            e: &rustls::pki_types::CertificateDer<'_>,
+            i: &[rustls::pki_types::CertificateDer<'_>],
+            n: &rustls::pki_types::ServerName<'_>,
+            o: &[u8],
+            t: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            self.0.verify_server_cert(e, i, n, o, t)
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls12_signature(m, c, d)
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls13_signature(m, c, d)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            if self.1.is_empty() {
+                self.0.supported_verify_schemes()
+            } else {
+                self.1.clone()
+            }
+        }
+    }
+    let provider = mizzen_identity::crypto_provider();
+    let verifier = Only(AnyServer(provider.clone()), schemes.to_vec());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("gateway.example.com").unwrap();
+    let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .ok()?
+        .ok()?;
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?.clone();
+    Some(mizzen_identity::x509::inspect(&leaf).ok()?.serial)
+}
+
+/// Istio's `credentialNames`: an ECDSA and an RSA certificate on one
+/// server; each client gets the one its signature schemes can verify.
+#[tokio::test]
+async fn several_certificates_are_chosen_by_key_type() {
+    let (app, _app) = app().await;
+    let self_signed = |key: rcgen::KeyPair| {
+        let cert = rcgen::CertificateParams::new(vec!["gateway.example.com".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (ec_chain, ec_key) = self_signed(rcgen::KeyPair::generate().unwrap());
+    let (rsa_chain, rsa_key) = self_signed(
+        rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+            .unwrap(),
+    );
+    let serial = |pem: &str| {
+        let der = mizzen_identity::x509::parse_certs_pem(pem).unwrap();
+        mizzen_identity::x509::inspect(&der[0]).unwrap().serial
+    };
+    let gateway_chain = FilterChain {
+        filters: vec![hcm_to("app", false)],
+        transport_socket: Some(tls_socket(&DownstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+                tls_certificate_sds_secret_configs: vec![
+                    ads_sds("kubernetes://ec-cred"),
+                    ads_sds("kubernetes://rsa-cred"),
+                ],
+                ..Default::default()
+            }),
+            require_client_certificate: Some(BoolValue { value: false }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let generator = Arc::new(SecretGenerator {
+        listeners: vec![Listener {
+            address: Some(sock("127.0.0.1:0".parse().unwrap())),
+            ..listener("0.0.0.0_8443", gateway_chain, false)
+        }],
+        clusters: vec![static_cluster("app", app, None)],
+        secrets: Mutex::new(vec![
+            cert_secret("kubernetes://ec-cred", &ec_chain, &ec_key),
+            cert_secret("kubernetes://rsa-cred", &rsa_chain, &rsa_key),
+        ]),
+    });
+    let (_generation, generation_rx) = tokio::sync::watch::channel(1u64);
+    let server = mizzen_xds::server::AdsServer::new(
+        generator.clone(),
+        generation_rx,
+        mizzen_xds::server::SyncStatus::default(),
+    );
+    let xds = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let xds_addr = xds.local_addr().unwrap();
+    let _ads = Task(tokio::spawn(async move {
+        let _ = server.serve(xds).await;
+    }));
+    let p = Proxy::start(ProxyOptions {
+        admin_address: "127.0.0.1:0".parse().unwrap(),
+        ..ProxyOptions::new(
+            format!("http://{xds_addr}"),
+            mizzen_xds::client::Node {
+                id: "router~127.0.0.1~gw.default~default.svc.cluster.local".into(),
+                ..Default::default()
+            },
+        )
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), p.ready())
+        .await
+        .unwrap();
+    let addr = p.listener_address("0.0.0.0_8443").unwrap();
+    let mut got = None;
+    for _ in 0..100 {
+        got = presented_key(addr, &[]).await;
+        if got.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both verifiable: the first configured.
+    assert_eq!(got, Some(serial(&ec_chain)));
+    use rustls::SignatureScheme as S;
+    let rsa_only = [S::RSA_PSS_SHA256, S::RSA_PKCS1_SHA256];
+    assert_eq!(
+        presented_key(addr, &rsa_only).await,
+        Some(serial(&rsa_chain))
+    );
+    assert_eq!(
+        presented_key(addr, &[S::ECDSA_NISTP256_SHA256]).await,
+        Some(serial(&ec_chain))
+    );
+    p.shutdown().await;
+}
+
 /// Short-lived certificates rotate on both sides while requests flow over
 /// mTLS: none fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1236,7 +1236,15 @@ fn virtual_host(v: &route::VirtualHost) -> Value {
             v.include_request_attempt_count,
         )
         .val("metadata", metadata(&v.metadata))
+        .enum_(
+            "require_tls",
+            v.require_tls,
+            route::virtual_host::TlsRequirementType::try_from(v.require_tls)
+                .ok()
+                .map(|t| t.as_str_name()),
+        )
         .check(v, |v| {
+            v.require_tls = 0;
             v.name.clear();
             v.domains.clear();
             v.routes.clear();
@@ -1739,6 +1747,15 @@ pub fn cluster(c: &Cluster) -> Value {
             },
         )
         .val("metadata", metadata(&c.metadata))
+        .dur("dns_refresh_rate", &c.dns_refresh_rate)
+        .bool("respect_dns_ttl", c.respect_dns_ttl)
+        .enum_(
+            "dns_lookup_family",
+            c.dns_lookup_family,
+            cluster::DnsLookupFamily::try_from(c.dns_lookup_family)
+                .ok()
+                .map(|f| f.as_str_name()),
+        )
         .dur("cleanup_interval", &c.cleanup_interval)
         .val(
             "upstream_bind_config",
@@ -1948,6 +1965,9 @@ pub fn cluster(c: &Cluster) -> Value {
         c.circuit_breakers = None;
         c.cleanup_interval = None;
         c.upstream_bind_config = None;
+        c.dns_refresh_rate = None;
+        c.respect_dns_ttl = false;
+        c.dns_lookup_family = 0;
         if matches!(
             c.lb_config,
             Some(
@@ -2167,6 +2187,44 @@ mod tests {
         };
         assert!(any(&unknown).is_none());
         assert_eq!(any_or_marker(&unknown)["@unrendered"], true);
+    }
+
+    #[test]
+    #[allow(deprecated)] // Envoy still reads the DNS fields Istio emits.
+    fn dns_cluster_and_require_tls() {
+        let c = Cluster {
+            name: "outbound|80||dns.example".into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::StrictDns as i32,
+            )),
+            dns_lookup_family: cluster::DnsLookupFamily::V4Only as i32,
+            dns_refresh_rate: Some(Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+            respect_dns_ttl: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            super::cluster(&c),
+            json!({
+                "name": "outbound|80||dns.example",
+                "type": "STRICT_DNS",
+                "dns_lookup_family": "V4_ONLY",
+                "dns_refresh_rate": "30s",
+                "respect_dns_ttl": true
+            })
+        );
+        let v = route::VirtualHost {
+            name: "a:80".into(),
+            domains: vec!["a".into()],
+            require_tls: route::virtual_host::TlsRequirementType::ExternalOnly as i32,
+            ..Default::default()
+        };
+        assert_eq!(
+            virtual_host(&v),
+            json!({"name": "a:80", "domains": ["a"], "require_tls": "EXTERNAL_ONLY"})
+        );
     }
 
     #[test]

@@ -273,10 +273,11 @@ fn static_cluster(name: String, host: IpAddr, port: u16, http2: bool) -> Cluster
     }
 }
 
-pub fn socket_address(ip: IpAddr, port: u16) -> Address {
+/// An IP address, or for DNS clusters a hostname, and a port.
+pub fn socket_address(host: impl ToString, port: u16) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
-            address: ip.to_string(),
+            address: host.to_string(),
             port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
             ..Default::default()
         })),
@@ -299,27 +300,47 @@ fn load_assignment(
 /// Endpoints as `(address, port, mtls)`: `mtls` labels the endpoint
 /// `tlsMode: istio` for the cluster's transport socket matches.
 fn load_assignment_of(cluster: &str, endpoints: Vec<(IpAddr, u16, bool)>) -> ClusterLoadAssignment {
-    let lb_endpoints: Vec<LbEndpoint> = endpoints
-        .into_iter()
-        .map(|(ip, port, mtls)| LbEndpoint {
-            host_identifier: Some(HostIdentifier::Endpoint(EndpointProto {
-                address: Some(socket_address(ip, port)),
-                ..Default::default()
-            })),
-            load_balancing_weight: Some(mizzen_xds::pb::google::protobuf::UInt32Value { value: 1 }),
-            metadata: mtls.then(|| Metadata {
-                filter_metadata: [(
-                    mtls::TRANSPORT_SOCKET_MATCH.to_string(),
-                    mtls::tls_mode_istio(),
-                )]
-                .into(),
-                ..Default::default()
-            }),
+    single_locality(
+        cluster.to_string(),
+        endpoints
+            .into_iter()
+            .map(|(ip, port, mtls)| lb_endpoint(ip, port, 1, mtls))
+            .collect(),
+    )
+}
+
+/// One endpoint (an IP address, or a hostname for DNS clusters) with its
+/// load-balancing weight; `mtls` labels it `tlsMode: istio` for the
+/// cluster's transport socket matches.
+pub(super) fn lb_endpoint(host: impl ToString, port: u16, weight: u32, mtls: bool) -> LbEndpoint {
+    LbEndpoint {
+        host_identifier: Some(HostIdentifier::Endpoint(EndpointProto {
+            address: Some(socket_address(host, port)),
             ..Default::default()
-        })
-        .collect();
+        })),
+        load_balancing_weight: Some(mizzen_xds::pb::google::protobuf::UInt32Value {
+            value: weight,
+        }),
+        metadata: mtls.then(|| Metadata {
+            filter_metadata: [(
+                mtls::TRANSPORT_SOCKET_MATCH.to_string(),
+                mtls::tls_mode_istio(),
+            )]
+            .into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A load assignment with every endpoint in one locality group (none when
+/// there are no endpoints); EDS regroups them by locality afterwards.
+pub(super) fn single_locality(
+    cluster_name: String,
+    lb_endpoints: Vec<LbEndpoint>,
+) -> ClusterLoadAssignment {
     ClusterLoadAssignment {
-        cluster_name: cluster.to_string(),
+        cluster_name,
         endpoints: if lb_endpoints.is_empty() {
             Vec::new()
         } else {

@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use mizzen_api::networking::{Gateway, Server, VirtualService};
+use mizzen_api::networking::{Gateway, RouteDestination, Server, VirtualService};
 use mizzen_xds::pb::envoy::config::core::v3::TrafficDirection;
 use mizzen_xds::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
 use mizzen_xds::pb::envoy::config::route::v3::{
@@ -84,6 +84,23 @@ impl BoundServer<'_> {
     /// `ns/name`, as VirtualServices name their gateways once qualified.
     fn gateway_ref(&self) -> String {
         format!("{}/{}", self.gateway.namespace, self.gateway.name)
+    }
+
+    /// Whether a `tcp` or `tls` route match (its `port` and `gateways`) in
+    /// a VirtualService of `vs_namespace` applies to this server;
+    /// `gateway` is [`Self::gateway_ref`].
+    fn fits(
+        &self,
+        port: Option<u32>,
+        gateways: &[String],
+        vs_namespace: &str,
+        gateway: &str,
+    ) -> bool {
+        port.is_none_or(|p| p == u32::from(self.port))
+            && (gateways.is_empty()
+                || gateways
+                    .iter()
+                    .any(|g| names_gateway(g, vs_namespace, gateway)))
     }
 
     /// Istio's RDS name of an HTTPS server:
@@ -322,34 +339,32 @@ fn tcp_filter(
     for (vs, _) in bound_virtual_services(model, proxy, server) {
         for route in &vs.spec.tcp {
             let fits = route.r#match.is_empty()
-                || route.r#match.iter().any(|m| {
-                    m.port.is_none_or(|p| p == u32::from(server.port))
-                        && (m.gateways.is_empty()
-                            || m.gateways
-                                .iter()
-                                .any(|g| names_gateway(g, &vs.namespace, &gateway)))
-                });
+                || route
+                    .r#match
+                    .iter()
+                    .any(|m| server.fits(m.port, &m.gateways, &vs.namespace, &gateway));
             if !fits || route.route.is_empty() {
                 continue;
             }
-            let (host, port) =
-                model.destination(&route.route[0].destination, &vs.namespace, server.port);
-            let subset = route.route[0]
-                .destination
-                .subset
-                .as_deref()
-                .unwrap_or_default();
-            let cluster = outbound_cluster_name(port, subset, &host);
-            return Some(destinations_proxy(
-                model,
-                &vs.namespace,
-                &route.route,
-                server.port,
-                cluster,
-            ));
+            return Some(route_proxy(model, &vs.namespace, &route.route, server.port));
         }
     }
     None
+}
+
+/// A TCP proxy to a `tcp` or `tls` route's destinations (at least one),
+/// its stats named after the first destination's cluster.
+fn route_proxy(
+    model: &Model,
+    namespace: &str,
+    destinations: &[RouteDestination],
+    port: u16,
+) -> mizzen_xds::pb::envoy::config::listener::v3::Filter {
+    let first = &destinations[0].destination;
+    let (host, first_port) = model.destination(first, namespace, port);
+    let subset = first.subset.as_deref().unwrap_or_default();
+    let cluster = outbound_cluster_name(first_port, subset, &host);
+    destinations_proxy(model, namespace, destinations, port, cluster)
 }
 
 /// SNI forwarding for a PASSTHROUGH server: one entry per `tls` route match
@@ -371,12 +386,7 @@ fn passthrough_routes(
                 continue;
             }
             for m in &route.r#match {
-                let fits = m.port.is_none_or(|p| p == u32::from(server.port))
-                    && (m.gateways.is_empty()
-                        || m.gateways
-                            .iter()
-                            .any(|g| names_gateway(g, &vs.namespace, &gateway)));
-                if !fits {
+                if !server.fits(m.port, &m.gateways, &vs.namespace, &gateway) {
                     continue;
                 }
                 let mut names: Vec<String> = m
@@ -397,17 +407,9 @@ fn passthrough_routes(
                 if names.iter().any(|n| n == "*") {
                     names.clear();
                 }
-                let (host, port) =
-                    model.destination(&route.route[0].destination, &vs.namespace, server.port);
-                let subset = route.route[0]
-                    .destination
-                    .subset
-                    .as_deref()
-                    .unwrap_or_default();
-                let cluster = outbound_cluster_name(port, subset, &host);
                 out.push((
                     names,
-                    destinations_proxy(model, &vs.namespace, &route.route, server.port, cluster),
+                    route_proxy(model, &vs.namespace, &route.route, server.port),
                 ));
             }
         }

@@ -9,11 +9,10 @@
 //! `ROOTCA`, as sidecars get them).
 
 use mizzen_api::networking::{ServerTlsMode, ServerTlsSettings, TlsProtocol};
-use mizzen_xds::pb::envoy::config::core::v3::{DataSource, TransportSocket, data_source};
+use mizzen_xds::pb::envoy::config::core::v3::TransportSocket;
 use mizzen_xds::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, TlsCertificate,
-    TlsParameters,
-    common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
+    TlsParameters, common_tls_context::ValidationContextType,
     tls_parameters::TlsProtocol as EnvoyTlsProtocol,
 };
 use mizzen_xds::pb::google::protobuf::BoolValue;
@@ -35,13 +34,6 @@ pub fn terminates(tls: Option<&ServerTlsSettings>) -> bool {
                 | ServerTlsMode::IstioMutual
         )
     )
-}
-
-fn file(path: &str) -> Option<DataSource> {
-    Some(DataSource {
-        specifier: Some(data_source::Specifier::Filename(path.to_string())),
-        ..Default::default()
-    })
 }
 
 fn protocol(version: Option<TlsProtocol>) -> i32 {
@@ -93,16 +85,7 @@ pub fn server_transport_socket(tls: &ServerTlsSettings, http: bool) -> Option<Tr
         ServerTlsMode::IstioMutual => {
             common.tls_certificate_sds_secret_configs = vec![mtls::sds(mtls::WORKLOAD_SECRET)];
             common.validation_context_type =
-                Some(ValidationContextType::CombinedValidationContext(
-                    CombinedCertificateValidationContext {
-                        default_validation_context: Some(CertificateValidationContext {
-                            match_typed_subject_alt_names: sans,
-                            ..Default::default()
-                        }),
-                        validation_context_sds_secret_config: Some(mtls::sds(mtls::ROOT_SECRET)),
-                        ..Default::default()
-                    },
-                ));
+                Some(mtls::sds_validation(mtls::sds(mtls::ROOT_SECRET), sans));
             true
         }
         ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {
@@ -124,19 +107,10 @@ pub fn server_transport_socket(tls: &ServerTlsSettings, http: bool) -> Option<Tr
                         .ca_cert_credential_name
                         .clone()
                         .unwrap_or_else(|| format!("{first}{CA_SUFFIX}"));
-                    common.validation_context_type =
-                        Some(ValidationContextType::CombinedValidationContext(
-                            CombinedCertificateValidationContext {
-                                default_validation_context: Some(CertificateValidationContext {
-                                    match_typed_subject_alt_names: sans,
-                                    ..Default::default()
-                                }),
-                                validation_context_sds_secret_config: Some(mtls::ads_secret(
-                                    format!("{KUBERNETES_PREFIX}{ca}"),
-                                )),
-                                ..Default::default()
-                            },
-                        ));
+                    common.validation_context_type = Some(mtls::sds_validation(
+                        mtls::ads_secret(format!("{KUBERNETES_PREFIX}{ca}")),
+                        sans,
+                    ));
                 }
             } else {
                 let pairs =
@@ -149,15 +123,15 @@ pub fn server_transport_socket(tls: &ServerTlsSettings, http: bool) -> Option<Tr
                         }));
                 common.tls_certificates = pairs
                     .map(|(cert, key)| TlsCertificate {
-                        certificate_chain: file(cert),
-                        private_key: file(key),
+                        certificate_chain: Some(mtls::file(cert)),
+                        private_key: Some(mtls::file(key)),
                         ..Default::default()
                     })
                     .collect();
                 if verify_clients && let Some(ca) = &tls.ca_certificates {
                     common.validation_context_type = Some(
                         ValidationContextType::ValidationContext(CertificateValidationContext {
-                            trusted_ca: file(ca),
+                            trusted_ca: Some(mtls::file(ca)),
                             match_typed_subject_alt_names: sans,
                             ..Default::default()
                         }),

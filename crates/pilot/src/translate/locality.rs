@@ -183,11 +183,7 @@ fn locality_of(group: &LocalityLbEndpoints) -> Locality {
     group
         .locality
         .as_ref()
-        .map(|l| Locality {
-            region: l.region.clone(),
-            zone: l.zone.clone(),
-            sub_zone: l.sub_zone.clone(),
-        })
+        .map(Locality::from)
         .unwrap_or_default()
 }
 

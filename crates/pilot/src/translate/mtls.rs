@@ -147,6 +147,30 @@ pub(super) fn uri_sans(sans: &[String]) -> Vec<SubjectAltNameMatcher> {
         .collect()
 }
 
+/// Peer validation with trust anchors from the secret `roots` and `sans`
+/// the peer must present one of (none: any name the roots vouch for).
+pub(super) fn sds_validation(
+    roots: SdsSecretConfig,
+    sans: Vec<SubjectAltNameMatcher>,
+) -> ValidationContextType {
+    ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
+        default_validation_context: Some(CertificateValidationContext {
+            match_typed_subject_alt_names: sans,
+            ..Default::default()
+        }),
+        validation_context_sds_secret_config: Some(roots),
+        ..Default::default()
+    })
+}
+
+/// A file on the proxy's filesystem.
+pub(super) fn file(path: &str) -> DataSource {
+    DataSource {
+        specifier: Some(data_source::Specifier::Filename(path.to_string())),
+        ..Default::default()
+    }
+}
+
 /// The workload certificate and the mesh roots, with `sans` (SPIFFE IDs)
 /// the peer must present one of (none: any mesh identity).
 fn mesh_common(alpn: Vec<String>, sans: &[String]) -> CommonTlsContext {
@@ -154,16 +178,7 @@ fn mesh_common(alpn: Vec<String>, sans: &[String]) -> CommonTlsContext {
         tls_params: tls_params(),
         alpn_protocols: alpn,
         tls_certificate_sds_secret_configs: vec![sds(WORKLOAD_SECRET)],
-        validation_context_type: Some(ValidationContextType::CombinedValidationContext(
-            CombinedCertificateValidationContext {
-                default_validation_context: Some(CertificateValidationContext {
-                    match_typed_subject_alt_names: uri_sans(sans),
-                    ..Default::default()
-                }),
-                validation_context_sds_secret_config: Some(sds(ROOT_SECRET)),
-                ..Default::default()
-            },
-        )),
+        validation_context_type: Some(sds_validation(sds(ROOT_SECRET), uri_sans(sans))),
         ..Default::default()
     }
 }
@@ -263,10 +278,6 @@ pub fn destination_rule_tls(
             ClusterTls::Socket(Box::new(istio_mutual(sni, sans, alpn)))
         }
         mode @ (ClientTlsMode::Simple | ClientTlsMode::Mutual) => {
-            let file = |path: &str| DataSource {
-                specifier: Some(data_source::Specifier::Filename(path.to_string())),
-                ..Default::default()
-            };
             let mut common = CommonTlsContext {
                 tls_params: tls_params(),
                 ..Default::default()
@@ -280,21 +291,10 @@ pub fn destination_rule_tls(
                         vec![ads_secret(format!("kubernetes://{credential}"))];
                 }
                 if verify {
-                    common.validation_context_type =
-                        Some(ValidationContextType::CombinedValidationContext(
-                            CombinedCertificateValidationContext {
-                                default_validation_context: Some(CertificateValidationContext {
-                                    match_typed_subject_alt_names: uri_sans(
-                                        &settings.subject_alt_names,
-                                    ),
-                                    ..Default::default()
-                                }),
-                                validation_context_sds_secret_config: Some(ads_secret(format!(
-                                    "kubernetes://{credential}-cacert"
-                                ))),
-                                ..Default::default()
-                            },
-                        ));
+                    common.validation_context_type = Some(sds_validation(
+                        ads_secret(format!("kubernetes://{credential}-cacert")),
+                        uri_sans(&settings.subject_alt_names),
+                    ));
                 }
             } else {
                 if mode == ClientTlsMode::Mutual

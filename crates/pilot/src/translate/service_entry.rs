@@ -8,15 +8,9 @@ use mizzen_xds::pb::envoy::config::cluster::v3::{
     Cluster,
     cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily, LbPolicy},
 };
-use mizzen_xds::pb::envoy::config::core::v3::{
-    Address, Metadata, SocketAddress, address, socket_address,
-};
-use mizzen_xds::pb::envoy::config::endpoint::v3::{
-    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
-};
-use mizzen_xds::pb::google::protobuf::UInt32Value;
+use mizzen_xds::pb::envoy::config::endpoint::v3::LbEndpoint;
 
-use super::mtls;
+use super::cluster::{lb_endpoint, single_locality};
 use crate::model::{Model, Resolution, Service, ServicePort};
 
 /// Turns the EDS cluster of a ServiceEntry port into the cluster its
@@ -66,55 +60,18 @@ pub fn resolve(
             let mtls = model.mtls
                 && !entry.mesh_external
                 && e.labels.get(mizzen_api::TLS_MODE_LABEL).map(String::as_str) == Some("istio");
-            lb_endpoint(&e.address, Service::entry_port(port, e), e.weight, mtls)
+            let weight = e.weight.unwrap_or(1).max(1);
+            lb_endpoint(&e.address, Service::entry_port(port, e), weight, mtls)
         })
         .collect();
     if entry.endpoints.is_empty() {
-        endpoints.push(lb_endpoint(&service.hostname, port.port, None, false));
+        endpoints.push(lb_endpoint(&service.hostname, port.port, 1, false));
     }
     // Envoy resolves one name for a LOGICAL_DNS cluster.
     if discovery == DiscoveryType::LogicalDns {
         endpoints.truncate(1);
     }
-    cluster.load_assignment = Some(ClusterLoadAssignment {
-        cluster_name: cluster.name.clone(),
-        endpoints: if endpoints.is_empty() {
-            Vec::new()
-        } else {
-            vec![LocalityLbEndpoints {
-                lb_endpoints: endpoints,
-                ..Default::default()
-            }]
-        },
-        ..Default::default()
-    });
-}
-
-fn lb_endpoint(host: &str, port: u16, weight: Option<u32>, mtls: bool) -> LbEndpoint {
-    LbEndpoint {
-        host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-            address: Some(Address {
-                address: Some(address::Address::SocketAddress(SocketAddress {
-                    address: host.to_string(),
-                    port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
-                    ..Default::default()
-                })),
-            }),
-            ..Default::default()
-        })),
-        load_balancing_weight: Some(UInt32Value {
-            value: weight.unwrap_or(1).max(1),
-        }),
-        metadata: mtls.then(|| Metadata {
-            filter_metadata: [(
-                mtls::TRANSPORT_SOCKET_MATCH.to_string(),
-                mtls::tls_mode_istio(),
-            )]
-            .into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    cluster.load_assignment = Some(single_locality(cluster.name.clone(), endpoints));
 }
 
 /// The route domains of a ServiceEntry host: the host as written (a

@@ -18,6 +18,7 @@ use super::check::reject_unknown;
 use super::cluster_policy::{
     LbParams, Limits, Outlier, PoolOptions, lb_params, limits, outlier, pool_options,
 };
+use super::dns::{self, DnsConfig};
 use super::endpoint::{EndpointSet, compile_in, plain_socket_address};
 use super::tls::{ClusterTransport, SecretRef, cluster_transport};
 use super::{ConfigError, Scope, duration, fields, join, unpack};
@@ -63,6 +64,9 @@ pub enum Discovery {
     OriginalDst {
         cleanup_interval: Duration,
     },
+    /// STRICT_DNS or LOGICAL_DNS: the inline assignment's names, resolved
+    /// in the background (see `crate::upstream::dns`).
+    Dns(Arc<DnsConfig>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +111,10 @@ impl ClusterConfig {
             c.outlier_detection = None;
             c.transport_socket = None;
             c.transport_socket_matches.clear();
+            // Read by DNS clusters only; Envoy ignores them on other types.
+            c.dns_lookup_family = 0;
+            c.dns_refresh_rate = None;
+            c.respect_dns_ttl = false;
         })?;
         let transport = cluster_transport(
             scope,
@@ -204,8 +212,11 @@ impl ClusterConfig {
                 };
                 Discovery::OriginalDst { cleanup_interval }
             }
-            other => {
-                return Err(scope.unsupported(format!("type {}", other.as_str_name())));
+            DiscoveryType::StrictDns => {
+                Discovery::Dns(Arc::new(dns::compile(scope, c, dns::DnsMode::Strict)?))
+            }
+            DiscoveryType::LogicalDns => {
+                Discovery::Dns(Arc::new(dns::compile(scope, c, dns::DnsMode::Logical)?))
             }
         };
         if let Some(cluster::LbConfig::OriginalDstLbConfig(_)) = &c.lb_config
@@ -329,7 +340,7 @@ impl ClusterConfig {
     pub fn eds_service_name(&self) -> Option<&Arc<str>> {
         match &self.discovery {
             Discovery::Eds { service_name } => Some(service_name),
-            Discovery::Static(_) | Discovery::OriginalDst { .. } => None,
+            Discovery::Static(_) | Discovery::OriginalDst { .. } | Discovery::Dns(_) => None,
         }
     }
 }
@@ -609,10 +620,9 @@ mod tests {
                     cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
                         cluster::DiscoveryType::StrictDns as i32,
                     )),
-                    eds_cluster_config: None,
                     ..eds("c")
                 },
-                "cluster c: type STRICT_DNS is not supported",
+                "cluster c: eds_cluster_config: only allowed on an EDS cluster",
             ),
             (
                 Cluster {

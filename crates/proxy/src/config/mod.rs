@@ -16,6 +16,7 @@ mod check;
 pub mod cluster;
 pub mod cluster_policy;
 pub mod cors;
+pub mod dns;
 pub mod endpoint;
 pub mod fault;
 mod fields;

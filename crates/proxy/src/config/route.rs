@@ -53,6 +53,18 @@ pub struct VirtualHost {
     pub attempt_count_header: bool,
     /// Per-filter configuration that routes without their own inherit.
     pub filters: PerFilter,
+    /// `require_tls`: requests not made over TLS get a 301 to `https`.
+    pub require_tls: RequireTls,
+}
+
+/// `VirtualHost.require_tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequireTls {
+    None,
+    /// Only requests from outside (not marked internal by their single
+    /// `x-forwarded-for` address) must use TLS.
+    ExternalOnly,
+    All,
 }
 
 #[derive(Debug)]
@@ -278,6 +290,30 @@ impl RouteTable {
 }
 
 impl VirtualHost {
+    /// Whether `require_tls` answers this request with a redirect to https,
+    /// as Envoy decides it: the request's scheme (the `x-forwarded-proto` it
+    /// carries, else the connection's) is not `https` and, for EXTERNAL_ONLY,
+    /// the request is not internal.
+    pub fn needs_tls_redirect(&self, over_tls: bool, headers: &HeaderMap) -> bool {
+        if self.require_tls == RequireTls::None {
+            return false;
+        }
+        let https = match headers.get("x-forwarded-proto") {
+            Some(v) => v.as_bytes() == b"https",
+            None => over_tls,
+        };
+        if https {
+            return false;
+        }
+        self.require_tls == RequireTls::All || !internal_request(headers)
+    }
+
+    /// The `location` of a `require_tls` redirect: the same host and path
+    /// under `https`.
+    pub fn tls_redirect_location(authority: &str, path: &str) -> String {
+        format!("https://{authority}{path}")
+    }
+
     /// First route whose match accepts the request.
     pub fn route(&self, req: &RequestView<'_>) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(req))
@@ -328,6 +364,25 @@ impl Route {
 
 /// Calls `f` with the header's value as Envoy sees it: all occurrences joined
 /// by `,`, or `None` when absent. Allocates only for repeated headers.
+/// Envoy's rule when the connection manager does not use the remote
+/// address: a request is internal when `x-forwarded-for` holds a single
+/// address and that address is private (RFC 1918, loopback, unique local).
+fn internal_request(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all("x-forwarded-for").iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Ok(v) = v.to_str() else { return false };
+    if v.contains(',') {
+        return false;
+    }
+    match v.trim().parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_private() || ip.is_loopback(),
+        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || (ip.segments()[0] & 0xfe00) == 0xfc00,
+        Err(_) => false,
+    }
+}
+
 fn header_value<R>(h: &HeaderMatch, req: &RequestView<'_>, f: impl FnOnce(Option<&str>) -> R) -> R {
     match &h.source {
         HeaderSource::Method => f(Some(req.method.as_str())),
@@ -566,7 +621,15 @@ fn compile_vhost(
         v.include_request_attempt_count = false;
         v.metadata = None;
         v.typed_per_filter_config.clear();
+        v.require_tls = 0;
     })?;
+    use rpb::virtual_host::TlsRequirementType;
+    let require_tls = match TlsRequirementType::try_from(vh.require_tls) {
+        Ok(TlsRequirementType::None) => RequireTls::None,
+        Ok(TlsRequirementType::ExternalOnly) => RequireTls::ExternalOnly,
+        Ok(TlsRequirementType::All) => RequireTls::All,
+        Err(_) => return Err(scope.invalid(join(path, "require_tls"), "unknown enum value")),
+    };
     let filters = PerFilter::compile(scope, path, &vh.typed_per_filter_config)?;
     if vh.domains.is_empty() {
         return Err(scope.missing(join(path, "domains")));
@@ -594,6 +657,7 @@ fn compile_vhost(
         )?,
         attempt_count_header: vh.include_request_attempt_count,
         filters,
+        require_tls,
     })
 }
 
@@ -1477,6 +1541,69 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "route_configuration r: virtual_hosts[0].routes[0].route.retry_policy.retry_host_predicate is not supported"
+        );
+    }
+
+    #[test]
+    fn require_tls_redirects_plaintext_requests() {
+        use rpb::virtual_host::TlsRequirementType;
+        let table = |req: TlsRequirementType| {
+            RouteTable::compile(&RouteConfiguration {
+                name: "http.8080".into(),
+                virtual_hosts: vec![PbVirtualHost {
+                    require_tls: req as i32,
+                    ..vhost("a", &["a.example.com"], vec![])
+                }],
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let none = headers(&[]);
+        let all = table(TlsRequirementType::All);
+        let v = &all.virtual_hosts[0];
+        assert_eq!(v.require_tls, RequireTls::All);
+        assert!(v.needs_tls_redirect(false, &none));
+        assert!(!v.needs_tls_redirect(true, &none));
+        // The scheme a front proxy saw wins over the connection's.
+        assert!(!v.needs_tls_redirect(false, &headers(&[("x-forwarded-proto", "https")])));
+        assert!(v.needs_tls_redirect(true, &headers(&[("x-forwarded-proto", "http")])));
+        let internal = headers(&[("x-forwarded-for", "10.1.2.3")]);
+        assert!(v.needs_tls_redirect(false, &internal));
+        let external_only = table(TlsRequirementType::ExternalOnly);
+        let v = &external_only.virtual_hosts[0];
+        assert!(v.needs_tls_redirect(false, &none));
+        assert!(!v.needs_tls_redirect(false, &internal));
+        assert!(!v.needs_tls_redirect(false, &headers(&[("x-forwarded-for", "::1")])));
+        assert!(v.needs_tls_redirect(false, &headers(&[("x-forwarded-for", "8.8.8.8")])));
+        assert!(v.needs_tls_redirect(
+            false,
+            &headers(&[("x-forwarded-for", "10.0.0.1, 10.0.0.2")])
+        ));
+        assert!(!v.needs_tls_redirect(true, &none));
+        let plain = table(TlsRequirementType::None);
+        assert!(!plain.virtual_hosts[0].needs_tls_redirect(false, &none));
+        assert_eq!(
+            VirtualHost::tls_redirect_location("a.example.com:8080", "/p?q=1"),
+            "https://a.example.com:8080/p?q=1"
+        );
+        let bad = RouteTable::compile(&RouteConfiguration {
+            name: "r".into(),
+            virtual_hosts: vec![PbVirtualHost {
+                require_tls: 7,
+                ..vhost("a", &["a"], vec![])
+            }],
+            ..Default::default()
+        });
+        assert_eq!(
+            bad.unwrap_err().to_string(),
+            "route_configuration r: virtual_hosts[0].require_tls: unknown enum value"
         );
     }
 

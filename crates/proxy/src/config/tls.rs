@@ -29,7 +29,7 @@ use pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use pb::google::protobuf::{Struct, Value};
 use prost::Message;
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::{CryptoProvider, SupportedKxGroup};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, SupportedProtocolVersion};
@@ -337,20 +337,7 @@ fn upstream_socket(
     path: &str,
     ts: &TransportSocket,
 ) -> Result<Option<Arc<UpstreamTls>>, ConfigError> {
-    match socket_kind(scope, path, ts)? {
-        SocketKind::Raw => Ok(None),
-        SocketKind::Tls(any) => {
-            let tpath = join(path, "typed_config");
-            if type_name(&any.type_url) != UPSTREAM_TLS_TYPE {
-                return Err(scope.invalid(
-                    tpath,
-                    format!("expected {UPSTREAM_TLS_TYPE}, got {}", any.type_url),
-                ));
-            }
-            let ctx: UpstreamTlsContext = unpack(scope, &tpath, any)?;
-            Ok(Some(Arc::new(upstream_tls(scope, &tpath, &ctx)?)))
-        }
-    }
+    tls_socket(scope, path, ts, UPSTREAM_TLS_TYPE, upstream_tls)
 }
 
 /// A filter chain's `transport_socket`; `None` for plaintext.
@@ -359,18 +346,32 @@ pub(crate) fn downstream_socket(
     path: &str,
     ts: &TransportSocket,
 ) -> Result<Option<Arc<DownstreamTls>>, ConfigError> {
+    tls_socket(scope, path, ts, DOWNSTREAM_TLS_TYPE, downstream_tls)
+}
+
+/// A transport socket on the side whose TLS context is `expected` (the
+/// other side's context is an error); `None` for plaintext.
+fn tls_socket<C, T>(
+    scope: &Scope,
+    path: &str,
+    ts: &TransportSocket,
+    expected: &str,
+    compile: fn(&Scope, &str, &C) -> Result<T, ConfigError>,
+) -> Result<Option<Arc<T>>, ConfigError>
+where
+    C: prost::Message + prost::Name + Default,
+{
     match socket_kind(scope, path, ts)? {
         SocketKind::Raw => Ok(None),
         SocketKind::Tls(any) => {
             let tpath = join(path, "typed_config");
-            if type_name(&any.type_url) != DOWNSTREAM_TLS_TYPE {
-                return Err(scope.invalid(
-                    tpath,
-                    format!("expected {DOWNSTREAM_TLS_TYPE}, got {}", any.type_url),
-                ));
+            if type_name(&any.type_url) != expected {
+                return Err(
+                    scope.invalid(tpath, format!("expected {expected}, got {}", any.type_url))
+                );
             }
-            let ctx: DownstreamTlsContext = unpack(scope, &tpath, any)?;
-            Ok(Some(Arc::new(downstream_tls(scope, &tpath, &ctx)?)))
+            let ctx: C = unpack(scope, &tpath, any)?;
+            Ok(Some(Arc::new(compile(scope, &tpath, &ctx)?)))
         }
     }
 }
@@ -777,6 +778,7 @@ fn tls_params(
         p.tls_minimum_protocol_version = 0;
         p.tls_maximum_protocol_version = 0;
         p.cipher_suites.clear();
+        p.ecdh_curves.clear();
     })?;
     let version = |field: &str, v: i32, default: TlsProtocol| match TlsProtocol::try_from(v) {
         Ok(TlsProtocol::TlsAuto) => Ok(default),
@@ -840,7 +842,50 @@ fn tls_params(
         }
         provider.cipher_suites = tls13.into_iter().chain(tls12).collect();
     }
+    if !p.ecdh_curves.is_empty() {
+        // In the configured order, which is the order of preference.
+        let mut groups = Vec::new();
+        for name in &p.ecdh_curves {
+            match named_group(name.trim()) {
+                Some(Some(g)) => match base.kx_groups.iter().find(|k| k.name() == g) {
+                    Some(kx) if !groups.iter().any(|k: &&dyn SupportedKxGroup| k.name() == g) => {
+                        groups.push(*kx)
+                    }
+                    Some(_) => {}
+                    None => tracing::debug!(name, "ECDH curve not implemented, skipped"),
+                },
+                Some(None) => tracing::debug!(name, "ECDH curve not implemented, skipped"),
+                None => {
+                    return Err(
+                        scope.invalid(join(path, "ecdh_curves"), format!("unknown curve {name:?}"))
+                    );
+                }
+            }
+        }
+        if groups.is_empty() {
+            return Err(scope.invalid(join(path, "ecdh_curves"), "no implemented curve left"));
+        }
+        provider.kx_groups = groups;
+    }
     Ok((versions(min, max), Arc::new(provider)))
+}
+
+/// BoringSSL's name of a key-exchange group: `Some(Some(_))` for a group
+/// rustls knows (used when the provider implements it), `Some(None)` for a
+/// known group it does not.
+fn named_group(name: &str) -> Option<Option<rustls::NamedGroup>> {
+    use rustls::NamedGroup as G;
+    Some(Some(match name {
+        "X25519" => G::X25519,
+        "P-256" | "prime256v1" | "secp256r1" => G::secp256r1,
+        "P-384" | "secp384r1" => G::secp384r1,
+        "P-521" | "secp521r1" => G::secp521r1,
+        "X25519MLKEM768" => G::X25519MLKEM768,
+        "P-224" | "secp224r1" | "X25519Kyber768Draft00" => {
+            return Some(None);
+        }
+        _ => return None,
+    }))
 }
 
 fn versions(min: TlsProtocol, max: TlsProtocol) -> Vec<&'static SupportedProtocolVersion> {
@@ -1143,10 +1188,10 @@ mod tests {
             .tls_params
             .as_mut()
             .unwrap()
-            .ecdh_curves = vec!["P-256".into()];
+            .ecdh_curves = vec!["P-256".into(), "brainpool".into()];
         assert_eq!(
             err(curves),
-            "cluster c: transport_socket.typed_config.common_tls_context.tls_params.ecdh_curves is not supported"
+            "cluster c: transport_socket.typed_config.common_tls_context.tls_params.ecdh_curves: unknown curve \"brainpool\""
         );
         let mut spki = istio_mtls(&[]);
         spki.common_tls_context
@@ -1250,5 +1295,143 @@ mod tests {
             "AES256-GCM-SHA384".into(),
         ];
         assert!(cluster_transport(&scope, Some(&socket(&gw)), &[]).is_ok());
+    }
+
+    fn downstream(ctx: &DownstreamTlsContext) -> DownstreamTls {
+        downstream_tls(&Scope::new("listener", "l"), "t", ctx).unwrap()
+    }
+
+    /// What the pilot emits for gateway servers: several credentials,
+    /// OPTIONAL_MUTUAL, MUTUAL with a `-cacert` secret and DNS SANs, and
+    /// ISTIO_MUTUAL on a router.
+    #[test]
+    fn gateway_server_contexts() {
+        use pb::envoy::extensions::transport_sockets::tls::v3::{
+            SubjectAltNameMatcher, subject_alt_name_matcher::SanType,
+        };
+        let bool_value = |value| Some(pb::google::protobuf::BoolValue { value });
+        let combined = |ca: &str, ads: bool, sans: Vec<SubjectAltNameMatcher>| {
+            common_tls_context::ValidationContextType::CombinedValidationContext(
+                common_tls_context::CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: sans,
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(sds(ca, ads)),
+                    ..Default::default()
+                },
+            )
+        };
+        let dns_san = SubjectAltNameMatcher {
+            san_type: SanType::Dns as i32,
+            matcher: Some(pb::envoy::r#type::matcher::v3::StringMatcher {
+                match_pattern: Some(
+                    pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Exact(
+                        "client.example.com".into(),
+                    ),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // `credentialNames`: both certificates are offered, in order.
+        let simple = DownstreamTlsContext {
+            require_client_certificate: bool_value(false),
+            common_tls_context: Some(CommonTlsContext {
+                alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+                tls_params: Some(TlsParameters {
+                    tls_minimum_protocol_version: TlsProtocol::TlSv12 as i32,
+                    tls_maximum_protocol_version: TlsProtocol::TlSv13 as i32,
+                    cipher_suites: vec![
+                        "ECDHE-ECDSA-AES128-GCM-SHA256".into(),
+                        "ECDHE-RSA-AES128-GCM-SHA256".into(),
+                    ],
+                    ecdh_curves: vec!["X25519".into(), "P-256".into()],
+                    ..Default::default()
+                }),
+                tls_certificate_sds_secret_configs: vec![
+                    sds("kubernetes://rsa-cred", true),
+                    sds("kubernetes://ecdsa-cred", true),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let d = downstream(&simple);
+        assert!(!d.require_client_certificate);
+        assert!(d.common.validation.is_none());
+        assert_eq!(d.common.certificates.len(), 2);
+        let groups: Vec<_> = d
+            .common
+            .provider
+            .kx_groups
+            .iter()
+            .map(|k| k.name())
+            .collect();
+        assert_eq!(
+            groups,
+            [rustls::NamedGroup::X25519, rustls::NamedGroup::secp256r1]
+        );
+        let tls12: Vec<_> = d
+            .common
+            .provider
+            .cipher_suites
+            .iter()
+            .filter(|c| c.version() == &rustls::version::TLS12)
+            .map(|c| c.suite())
+            .collect();
+        assert_eq!(
+            tls12,
+            [
+                rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+            ]
+        );
+        // MUTUAL: the CA from `NAME-cacert` over ADS, DNS SANs checked.
+        let mut mutual = simple.clone();
+        mutual.require_client_certificate = bool_value(true);
+        mutual
+            .common_tls_context
+            .as_mut()
+            .unwrap()
+            .validation_context_type = Some(combined(
+            "kubernetes://rsa-cred-cacert",
+            true,
+            vec![dns_san.clone()],
+        ));
+        let d = downstream(&mutual);
+        assert!(d.require_client_certificate);
+        let v = d.common.validation.as_ref().unwrap();
+        assert!(
+            matches!(&v.roots, RootsSource::Sds(SecretRef::Ads(n)) if &**n == "kubernetes://rsa-cred-cacert")
+        );
+        assert!(v.san_matches(&[], &["client.example.com".into()]));
+        assert!(!v.san_matches(&["client.example.com".into()], &[]));
+        assert_eq!(d.common.secret_refs().count(), 3);
+        // OPTIONAL_MUTUAL: a certificate is asked for, not required.
+        let mut optional = mutual.clone();
+        optional.require_client_certificate = bool_value(false);
+        let d = downstream(&optional);
+        assert!(!d.require_client_certificate);
+        assert!(d.common.validation.is_some());
+        // ISTIO_MUTUAL on a gateway: the workload certificate and mesh roots.
+        let istio = DownstreamTlsContext {
+            require_client_certificate: bool_value(true),
+            common_tls_context: Some(CommonTlsContext {
+                alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+                tls_certificate_sds_secret_configs: vec![sds("default", false)],
+                validation_context_type: Some(combined("ROOTCA", false, Vec::new())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let d = downstream(&istio);
+        assert!(matches!(
+            d.common.certificates[..],
+            [CertificateSource::Sds(SecretRef::Workload)]
+        ));
+        let v = d.common.validation.as_ref().unwrap();
+        assert!(matches!(v.roots, RootsSource::Sds(SecretRef::RootCa)));
+        assert!(v.subject_alt_names.is_empty());
     }
 }

@@ -15,8 +15,8 @@ use super::conn::{ConnContext, HttpChain};
 use super::respond::{LocalReply, text};
 use crate::config::retry::AttemptFailure;
 use crate::config::route::{
-    Action, ClusterChoice, Forward, HashKey, HashPolicy, Route, RouteTable, VirtualHost,
-    WeightedEntry, split_path,
+    Action, ClusterChoice, Forward, HashKey, HashPolicy, RequireTls, Route, RouteTable,
+    VirtualHost, WeightedEntry, split_path,
 };
 use crate::config::{RouteSource, UpstreamProtocol};
 use crate::record::{RequestRecord, ResponseFlags};
@@ -260,6 +260,18 @@ async fn route(
         active.stats.no_route.inc();
         return out.local(LocalReply::NoRoute);
     };
+    if vhost.require_tls != RequireTls::None
+        && vhost.needs_tls_redirect(conn.tls.is_some(), &parts.headers)
+    {
+        active.stats.rq_redirect.inc();
+        out.details = "direct_response";
+        let mut resp = text(http::StatusCode::MOVED_PERMANENTLY, "");
+        let location = VirtualHost::tls_redirect_location(authority, pq.as_str());
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        return resp;
+    }
     let Some(route) = vhost.route(&view) else {
         active.stats.no_route.inc();
         return out.local(LocalReply::NoRoute);

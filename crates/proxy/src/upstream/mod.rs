@@ -9,6 +9,7 @@
 //! demand, one per original destination, and forgotten once unused for the
 //! cluster's `cleanup_interval`.
 
+pub mod dns;
 mod lb;
 mod pool;
 
