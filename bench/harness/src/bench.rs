@@ -11,12 +11,14 @@ use anyhow::{Context as _, bail};
 use tokio::process::Command;
 
 use crate::load::LoadReport;
-use crate::meshgen::{self, GATEWAY_PORT, MeshSize, TCP_ECHO_PORT, TCP_SINK_PORT};
+use crate::meshgen::{
+    self, GATEWAY_PORT, MeshSize, NAMESPACE, SidecarService, TCP_ECHO_PORT, TCP_SINK_PORT,
+};
 use crate::procfs::{self, CpuUse, CpuWindow, RssSampler};
-use crate::procs::{Binaries, EnvoyProxy, Managed, MizzenProxy, Pilot};
+use crate::procs::{Binaries, Credentials, EnvoyProxy, Managed, MizzenProxy, Pilot, PilotCa};
 use crate::report::{
-    Arm, ArmResult, Memory, NotMeasured, PilotScale, Profile, Propagation, Report, Sample,
-    Scenario, ScenarioKind, Settings, TcpSettings,
+    Arm, ArmResult, Memory, PilotScale, Profile, Propagation, Report, Sample, Scenario,
+    ScenarioKind, Settings, SidecarSettings, TcpSettings,
 };
 use crate::scale::{Fleet, Probe, spread};
 use crate::tcp::{TcpLoadReport, TcpMode};
@@ -51,9 +53,15 @@ pub struct Options {
     pub tcp_stream_write_bytes: usize,
     pub tcp_echo_connections: usize,
     pub tcp_echo_bytes: usize,
+    /// Sidecar pairs (mutual TLS): seconds per measurement, shorter than the
+    /// gateway runs so that the whole run stays within ten minutes.
+    pub sidecar_duration: Duration,
+    /// Sidecar pairs: the paced rate, req/s.
+    pub sidecar_rate: f64,
     /// Which phases to run.
     pub data_plane: bool,
     pub tcp: bool,
+    pub sidecars: bool,
     pub memory: bool,
     pub pilot: bool,
 }
@@ -87,8 +95,11 @@ impl Options {
             tcp_stream_write_bytes: 64 * 1024,
             tcp_echo_connections: 16,
             tcp_echo_bytes: 64,
+            sidecar_duration: Duration::from_secs(4),
+            sidecar_rate: 1000.0,
             data_plane: true,
             tcp: true,
+            sidecars: true,
             memory: true,
             pilot: true,
         }
@@ -111,6 +122,7 @@ impl Options {
             endpoint_changes: 1,
             tcp_duration: Duration::from_secs(1),
             tcp_warmup: Duration::from_millis(300),
+            sidecar_duration: Duration::from_secs(1),
             ..Options::full(bin_dir, work_dir)
         }
     }
@@ -119,8 +131,12 @@ impl Options {
 /// How one scenario loads an arm.
 #[derive(Debug, Clone, Copy)]
 enum Load {
-    Paced { rate: f64 },
+    Paced {
+        rate: f64,
+    },
     Wrk,
+    /// wrk sending `Connection: close`: a new connection per request.
+    WrkClose,
     H2load,
     Tcp(TcpMode),
 }
@@ -131,22 +147,17 @@ enum Service {
     Http,
     TcpSink,
     TcpEcho,
-}
-
-impl Load {
-    fn service(self) -> Service {
-        match self {
-            Load::Paced { .. } | Load::Wrk | Load::H2load => Service::Http,
-            Load::Tcp(TcpMode::Stream) => Service::TcpSink,
-            Load::Tcp(TcpMode::Echo) => Service::TcpEcho,
-        }
-    }
+    /// Through a pair of sidecars, one way or another.
+    Sidecar(SidecarService),
 }
 
 struct ScenarioSpec {
     id: String,
     title: String,
     load: Load,
+    service: Service,
+    /// Of each measurement (the raw TCP loads have their own).
+    duration: Duration,
 }
 
 impl ScenarioSpec {
@@ -154,6 +165,7 @@ impl ScenarioSpec {
         match self.load {
             Load::Paced { .. } => ScenarioKind::Paced,
             Load::Wrk | Load::H2load => ScenarioKind::Max,
+            Load::WrkClose => ScenarioKind::Connections,
             Load::Tcp(TcpMode::Stream) => ScenarioKind::TcpStream,
             Load::Tcp(TcpMode::Echo) => ScenarioKind::TcpEcho,
         }
@@ -168,12 +180,16 @@ fn scenario_specs(opts: &Options) -> Vec<ScenarioSpec> {
             id: format!("http1_paced_{rate:.0}"),
             title: format!("HTTP/1.1 keep-alive @ {rate:.0} req/s"),
             load: Load::Paced { rate },
+            service: Service::Http,
+            duration: opts.duration,
         })
         .collect();
     specs.push(ScenarioSpec {
         id: "http1_max".into(),
         title: format!("HTTP/1.1 max (wrk -t1 -c{})", opts.connections),
         load: Load::Wrk,
+        service: Service::Http,
+        duration: opts.duration,
     });
     specs.push(ScenarioSpec {
         id: "h2_max".into(),
@@ -182,6 +198,8 @@ fn scenario_specs(opts: &Options) -> Vec<ScenarioSpec> {
             opts.connections, opts.h2_streams
         ),
         load: Load::H2load,
+        service: Service::Http,
+        duration: opts.duration,
     });
     specs
 }
@@ -196,6 +214,8 @@ fn tcp_scenario_specs(opts: &Options) -> Vec<ScenarioSpec> {
                 opts.tcp_stream_write_bytes / 1024
             ),
             load: Load::Tcp(TcpMode::Stream),
+            service: Service::TcpSink,
+            duration: opts.tcp_duration,
         },
         ScenarioSpec {
             id: "tcp_echo".into(),
@@ -204,7 +224,59 @@ fn tcp_scenario_specs(opts: &Options) -> Vec<ScenarioSpec> {
                 opts.tcp_echo_connections, opts.tcp_echo_bytes
             ),
             load: Load::Tcp(TcpMode::Echo),
+            service: Service::TcpEcho,
+            duration: opts.tcp_duration,
         },
+    ]
+}
+
+/// The sidecar-pair scenarios: keep-alive latency and throughput over
+/// mutual TLS, throughput in plaintext for comparison, and a new
+/// connection per request with a handshake between the sidecars each time.
+fn sidecar_scenario_specs(opts: &Options) -> Vec<ScenarioSpec> {
+    let rate = opts.sidecar_rate;
+    let spec = |id: &str, title: String, load: Load, service: SidecarService| ScenarioSpec {
+        id: id.to_owned(),
+        title,
+        load,
+        service: Service::Sidecar(service),
+        duration: opts.sidecar_duration,
+    };
+    vec![
+        spec(
+            &format!("mtls_http1_paced_{rate:.0}"),
+            format!("sidecar pair, mTLS: HTTP/1.1 keep-alive @ {rate:.0} req/s"),
+            Load::Paced { rate },
+            SidecarService::Mtls,
+        ),
+        spec(
+            "mtls_http1_max",
+            format!(
+                "sidecar pair, mTLS: HTTP/1.1 max (wrk -t1 -c{})",
+                opts.connections
+            ),
+            Load::Wrk,
+            SidecarService::Mtls,
+        ),
+        spec(
+            "plaintext_sidecars_http1_max",
+            format!(
+                "sidecar pair, plaintext: HTTP/1.1 max (wrk -t1 -c{})",
+                opts.connections
+            ),
+            Load::Wrk,
+            SidecarService::Plaintext,
+        ),
+        spec(
+            "mtls_handshakes",
+            format!(
+                "sidecar pair, mTLS: new connection per request (wrk -t1 -c{}, Connection: close; \
+                 maxRequestsPerConnection 1)",
+                opts.connections
+            ),
+            Load::WrkClose,
+            SidecarService::Handshake,
+        ),
     ]
 }
 
@@ -263,6 +335,12 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
                 echo_connections: opts.tcp_echo_connections,
                 echo_message_bytes: opts.tcp_echo_bytes,
             }),
+            sidecars: opts.sidecars.then(|| SidecarSettings {
+                seconds_per_measurement: opts.sidecar_duration.as_secs_f64(),
+                paced_rate: opts.sidecar_rate,
+                connections: opts.connections,
+                setup: SIDECAR_SETUP.to_owned(),
+            }),
         },
         scenarios: Vec::new(),
         memory: Memory {
@@ -271,7 +349,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             ..Default::default()
         },
         pilot: PilotScale::default(),
-        not_measured: not_measured(),
+        not_measured: Vec::new(),
         profile: None,
         warnings: Vec::new(),
         phase_seconds: Vec::new(),
@@ -307,6 +385,16 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             .phase_seconds
             .push(("raw TCP".to_owned(), t0.elapsed().as_secs_f64()));
     }
+    if opts.sidecars {
+        eprintln!("== sidecar pairs (mutual TLS)");
+        let t0 = Instant::now();
+        if let Err(e) = sidecar_data_plane(opts, &bins, &log_dir, &mut report).await {
+            report.warnings.push(format!("sidecar phase: {e:#}"));
+        }
+        report
+            .phase_seconds
+            .push(("sidecars (mTLS)".to_owned(), t0.elapsed().as_secs_f64()));
+    }
     if opts.memory {
         eprintln!("== proxy memory with a large mesh");
         let t0 = Instant::now();
@@ -334,21 +422,12 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-fn not_measured() -> Vec<NotMeasured> {
-    [
-        (
-            "Sidecar-to-sidecar mTLS",
-            "pending: mTLS does not exist yet",
-        ),
-        ("mTLS handshake rate", "pending: mTLS does not exist yet"),
-    ]
-    .into_iter()
-    .map(|(what, status)| NotMeasured {
-        what: what.to_owned(),
-        status: status.to_owned(),
-    })
-    .collect()
-}
+/// How the sidecar pairs are set up, for the report.
+const SIDECAR_SETUP: &str = "each pair is a client sidecar (explicit HTTP proxy on 15001, \
+    `INTERCEPTION_MODE=NONE`) and a server sidecar (inbound listener, PERMISSIVE by default) in \
+    front of the upstream, one worker each; mizzen-pilot runs its CA and emits Istio's automatic \
+    mTLS; mizzen-proxy fetches its certificate from the CA itself, each Envoy gets it over SDS \
+    from a `mizzen-proxy agent`; proxy CPU is the sum of both sidecars.";
 
 fn git_commit() -> Option<String> {
     let out = std::process::Command::new("git")
@@ -373,46 +452,108 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// The processes of a data-plane phase (HTTP or raw TCP).
+/// The processes of a data-plane phase (HTTP or raw TCP, gateways or
+/// sidecars, alone or in pairs).
 struct DataPlane {
     upstream: Managed,
     pilot: Pilot,
+    /// The proxy the load generator talks to (with a pair: the client
+    /// sidecar).
     mizzen: Option<MizzenProxy>,
     envoy: Option<EnvoyProxy>,
+    /// With a pair: the server sidecar, between the first proxy and the
+    /// upstream.
+    mizzen_peer: Option<MizzenProxy>,
+    envoy_peer: Option<EnvoyProxy>,
+    /// Helpers of the proxies that must outlive them (SDS agents).
+    helpers: Vec<Managed>,
     mizzen_error: Option<String>,
     envoy_error: Option<String>,
     /// Where each service is reached: the upstream itself, through
     /// mizzen-proxy, through Envoy (in [`Arm::ALL`] order).
     targets: Vec<(Service, [SocketAddr; 3])>,
+    /// The `Host` header each arm sends for a service, when not the target
+    /// (explicit proxies route by it).
+    hosts: Vec<(Service, [Option<String>; 3])>,
+    /// The first proxy's cluster towards the second, per service and arm,
+    /// whose new connections are counted.
+    peer_clusters: Vec<(Service, [Option<String>; 3])>,
+}
+
+fn arm_index(arm: Arm) -> usize {
+    match arm {
+        Arm::Direct => 0,
+        Arm::Mizzen => 1,
+        Arm::Envoy => 2,
+    }
 }
 
 impl DataPlane {
+    fn new(
+        upstream: Managed,
+        pilot: Pilot,
+        (mizzen, mizzen_error): (Option<MizzenProxy>, Option<String>),
+        (envoy, envoy_error): (Option<EnvoyProxy>, Option<String>),
+        targets: Vec<(Service, [SocketAddr; 3])>,
+    ) -> DataPlane {
+        DataPlane {
+            upstream,
+            pilot,
+            mizzen,
+            envoy,
+            mizzen_peer: None,
+            envoy_peer: None,
+            helpers: Vec::new(),
+            mizzen_error,
+            envoy_error,
+            targets,
+            hosts: Vec::new(),
+            peer_clusters: Vec::new(),
+        }
+    }
+
     fn target(&self, arm: Arm, service: Service) -> SocketAddr {
         let (_, addrs) = self
             .targets
             .iter()
             .find(|(s, _)| *s == service)
             .expect("every load's service has targets");
-        match arm {
-            Arm::Direct => addrs[0],
-            Arm::Mizzen => addrs[1],
-            Arm::Envoy => addrs[2],
-        }
+        addrs[arm_index(arm)]
     }
 
-    /// Takes an arm's proxy out of the measurement, with the reason.
+    fn host(&self, arm: Arm, service: Service) -> Option<String> {
+        self.hosts
+            .iter()
+            .find(|(s, _)| *s == service)
+            .and_then(|(_, hosts)| hosts[arm_index(arm)].clone())
+    }
+
+    fn peer_cluster(&self, arm: Arm, service: Service) -> Option<String> {
+        self.peer_clusters
+            .iter()
+            .find(|(s, _)| *s == service)
+            .and_then(|(_, clusters)| clusters[arm_index(arm)].clone())
+    }
+
+    /// Takes an arm's proxies out of the measurement, with the reason.
     async fn drop_proxy(&mut self, arm: Arm, reason: String) {
         match arm {
             Arm::Direct => {}
             Arm::Mizzen => {
                 self.mizzen_error = Some(reason);
-                if let Some(m) = self.mizzen.take() {
+                for m in [self.mizzen.take(), self.mizzen_peer.take()]
+                    .into_iter()
+                    .flatten()
+                {
                     m.process.stop().await;
                 }
             }
             Arm::Envoy => {
                 self.envoy_error = Some(reason);
-                if let Some(e) = self.envoy.take() {
+                for e in [self.envoy.take(), self.envoy_peer.take()]
+                    .into_iter()
+                    .flatten()
+                {
                     e.stop().await;
                 }
             }
@@ -421,22 +562,32 @@ impl DataPlane {
 
     /// Stops everything.
     async fn stop(mut self) {
-        if let Some(m) = self.mizzen.take() {
-            m.process.stop().await;
-        }
-        if let Some(e) = self.envoy.take() {
-            e.stop().await;
+        self.drop_proxy(Arm::Mizzen, String::new()).await;
+        self.drop_proxy(Arm::Envoy, String::new()).await;
+        for helper in self.helpers.drain(..) {
+            helper.stop().await;
         }
         self.upstream.stop().await;
         self.pilot.process.stop().await;
     }
 
+    /// The proxy the load generator talks to.
     fn proxy_pid(&self, arm: Arm) -> Option<u32> {
         match arm {
             Arm::Direct => None,
             Arm::Mizzen => self.mizzen.as_ref().map(|m| m.process.pid()),
             Arm::Envoy => self.envoy.as_ref().map(EnvoyProxy::pid),
         }
+    }
+
+    /// Every proxy of an arm (two with a pair), whose CPU is summed.
+    fn proxy_pids(&self, arm: Arm) -> Vec<u32> {
+        let peer = match arm {
+            Arm::Direct => None,
+            Arm::Mizzen => self.mizzen_peer.as_ref().map(|m| m.process.pid()),
+            Arm::Envoy => self.envoy_peer.as_ref().map(EnvoyProxy::pid),
+        };
+        self.proxy_pid(arm).into_iter().chain(peer).collect()
     }
 
     /// Every process of the benchmark, for telling our CPU use from others'.
@@ -446,12 +597,13 @@ impl DataPlane {
             self.upstream.pid(),
             self.pilot.process.pid(),
         ];
-        pids.extend(self.proxy_pid(Arm::Mizzen));
-        pids.extend(self.proxy_pid(Arm::Envoy));
+        pids.extend(self.proxy_pids(Arm::Mizzen));
+        pids.extend(self.proxy_pids(Arm::Envoy));
+        pids.extend(self.helpers.iter().map(Managed::pid));
         pids
     }
 
-    /// `Err` when the arm cannot be measured (its proxy did not start or
+    /// `Err` when the arm cannot be measured (a proxy did not start or
     /// has exited).
     fn check(&mut self, arm: Arm) -> Result<(), String> {
         match arm {
@@ -460,7 +612,13 @@ impl DataPlane {
                 .check_alive()
                 .map_err(|e| format!("upstream: {e:#}")),
             Arm::Mizzen => match self.mizzen.as_mut() {
-                Some(m) => m.process.check_alive().map_err(|e| format!("{e:#}")),
+                Some(m) => {
+                    m.process.check_alive().map_err(|e| format!("{e:#}"))?;
+                    match self.mizzen_peer.as_mut() {
+                        Some(p) => p.process.check_alive().map_err(|e| format!("{e:#}")),
+                        None => Ok(()),
+                    }
+                }
                 None => Err(self.mizzen_error.clone().unwrap_or_default()),
             },
             Arm::Envoy => match (&self.envoy, &self.envoy_error) {
@@ -469,6 +627,33 @@ impl DataPlane {
             },
         }
     }
+
+    /// New connections the arm's first proxy has opened on `cluster` so
+    /// far (`upstream_cx_total` in its admin `/stats`, the same name in
+    /// both proxies), and of those the TLS sessions it resumed
+    /// (`ssl.session_reused`; Envoy only).
+    async fn connections_opened(&self, arm: Arm, cluster: &str) -> Option<(u64, Option<u64>)> {
+        let stats = match arm {
+            Arm::Direct => return None,
+            Arm::Mizzen => {
+                let admin = self.mizzen.as_ref()?.admin;
+                let (status, body) = crate::procs::get(admin, "/stats").await?;
+                (status == 200).then_some(body)?
+            }
+            Arm::Envoy => self.envoy.as_ref()?.envoy.stats().await.ok()?,
+        };
+        let opened = stat_value(&stats, &format!("cluster.{cluster}.upstream_cx_total"))?;
+        let resumed = stat_value(&stats, &format!("cluster.{cluster}.ssl.session_reused"));
+        Some((opened, resumed))
+    }
+}
+
+/// The value of `name` in admin `/stats` text (`name: value` lines).
+fn stat_value(stats: &str, name: &str) -> Option<u64> {
+    stats.lines().find_map(|line| {
+        let (n, v) = line.split_once(": ")?;
+        (n == name).then(|| v.trim().parse().ok())?
+    })
 }
 
 async fn data_plane(
@@ -502,14 +687,12 @@ async fn data_plane(
         &meshgen::gateway_node(envoy_ip, "envoy-gateway"),
     )
     .await;
-    let mut dp = DataPlane {
+    let mut dp = DataPlane::new(
         upstream,
         pilot,
-        mizzen,
-        envoy,
-        mizzen_error,
-        envoy_error,
-        targets: vec![(
+        (mizzen, mizzen_error),
+        (envoy, envoy_error),
+        vec![(
             Service::Http,
             [
                 upstream_addr,
@@ -517,7 +700,7 @@ async fn data_plane(
                 SocketAddr::from((envoy_ip, GATEWAY_PORT)),
             ],
         )],
-    };
+    );
     // Ready is not routable yet: wait for the route to the upstream.
     for arm in [Arm::Mizzen, Arm::Envoy] {
         if dp.check(arm).is_ok()
@@ -649,14 +832,12 @@ async fn tcp_data_plane(
     )
     .await;
     let port = |ip: Ipv4Addr, port: u16| SocketAddr::from((ip, port));
-    let mut dp = DataPlane {
+    let mut dp = DataPlane::new(
         upstream,
         pilot,
-        mizzen,
-        envoy,
-        mizzen_error,
-        envoy_error,
-        targets: vec![
+        (mizzen, mizzen_error),
+        (envoy, envoy_error),
+        vec![
             (
                 Service::TcpSink,
                 [
@@ -674,7 +855,7 @@ async fn tcp_data_plane(
                 ],
             ),
         ],
-    };
+    );
     // A proxy is ready before its listeners and clusters are: wait for an
     // echo through it. The sink's listener comes in the same update.
     for arm in [Arm::Mizzen, Arm::Envoy] {
@@ -695,6 +876,219 @@ async fn tcp_data_plane(
     }
     dp.stop().await;
     Ok(())
+}
+
+/// The pair names used in the sidecar config, per proxy arm.
+const MIZZEN_PAIR: &str = "mizzen";
+const ENVOY_PAIR: &str = "envoy";
+
+/// Sidecar to sidecar: the load generator → client sidecar (explicit HTTP
+/// proxy on 15001) → server sidecar (inbound listener) → upstream, with
+/// mizzen-pilot running its CA so that the sidecars talk mutual TLS. Each
+/// arm is a pair of the same proxy; see [`meshgen::bench_sidecars_yaml`]
+/// for the services that choose how the pair connects.
+async fn sidecar_data_plane(
+    opts: &Options,
+    bins: &Binaries,
+    log_dir: &Path,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let dir = opts.work_dir.join("sidecars");
+    recreate_dir(&dir)?;
+    let config_dir = dir.join("config");
+    std::fs::create_dir_all(&config_dir)?;
+    let ca = PilotCa {
+        dir: dir.join("ca"),
+        tokens_file: dir.join("tokens"),
+    };
+    let app_ip = mizzen_testkit::free_loopback_ip();
+    let upstream_addr = SocketAddr::from((app_ip, mizzen_testkit::net::free_port_on(app_ip)));
+    let ip = |_| mizzen_testkit::free_loopback_ip();
+    let [mizzen_client, mizzen_server, envoy_client, envoy_server]: [Ipv4Addr; 4] = [0; 4].map(ip);
+    meshgen::write_atomically(
+        &config_dir.join("bench-sidecars.yaml"),
+        &meshgen::bench_sidecars_yaml(
+            upstream_addr,
+            &[(MIZZEN_PAIR, mizzen_server), (ENVOY_PAIR, envoy_server)],
+        ),
+    )?;
+    // One token per proxy (or per agent, for Envoy), as the runtime hands
+    // each pod its own; the pilot reads them at start.
+    let token = |name: &str, account: &str| -> anyhow::Result<PathBuf> {
+        let path = dir.join(format!("{name}.token"));
+        ca.mint_token(NAMESPACE, account, &path)?;
+        Ok(path)
+    };
+    let tokens = [
+        token("mizzen-client", meshgen::SIDECAR_CLIENT_ACCOUNT)?,
+        token("mizzen-server", meshgen::SIDECAR_SERVER_ACCOUNT)?,
+        token("envoy-client", meshgen::SIDECAR_CLIENT_ACCOUNT)?,
+        token("envoy-server", meshgen::SIDECAR_SERVER_ACCOUNT)?,
+    ];
+    let pilot =
+        Pilot::start_with_ca(bins, &config_dir, log_dir, "pilot-sidecars", Some(&ca)).await?;
+    let ca_address = pilot.ca.context("the pilot has no CA address")?;
+    let credentials = tokens.map(|token_file| Credentials {
+        ca_address,
+        root_cert: ca.root_cert(),
+        token_file,
+    });
+    let upstream =
+        crate::procs::start_upstream(bins, upstream_addr, opts.body_bytes, log_dir).await?;
+
+    let mizzen_pair = async {
+        let server = MizzenProxy::start_with(
+            bins,
+            &pilot,
+            &meshgen::sidecar_server_node(mizzen_server, "mizzen-server", MIZZEN_PAIR, app_ip),
+            mizzen_server,
+            log_dir,
+            "mizzen-proxy-server-sidecar",
+            Some(&credentials[1]),
+        )
+        .await
+        .context("server sidecar")?;
+        let client = MizzenProxy::start_with(
+            bins,
+            &pilot,
+            &meshgen::sidecar_client_node(mizzen_client, "mizzen-client"),
+            mizzen_client,
+            log_dir,
+            "mizzen-proxy-client-sidecar",
+            Some(&credentials[0]),
+        )
+        .await
+        .context("client sidecar")?;
+        anyhow::Ok((client, server))
+    }
+    .await;
+    let mut helpers = Vec::new();
+    let mut envoy_sidecar = async |node: mizzen_xds::client::Node,
+                                   ip: Ipv4Addr,
+                                   credentials: &Credentials,
+                                   account: &str,
+                                   name: &str|
+           -> anyhow::Result<EnvoyProxy> {
+        let socket = dir.join(format!("{name}.sock"));
+        let agent = crate::procs::start_sds_agent(
+            bins,
+            credentials,
+            (NAMESPACE, account),
+            &socket,
+            log_dir,
+            &format!("sds-agent-{name}"),
+        )
+        .await?;
+        helpers.push(agent);
+        EnvoyProxy::start_with(bins, &pilot, &node, ip, Some(socket)).await
+    };
+    let envoy_pair = async {
+        let server = envoy_sidecar(
+            meshgen::sidecar_server_node(envoy_server, "envoy-server", ENVOY_PAIR, app_ip),
+            envoy_server,
+            &credentials[3],
+            meshgen::SIDECAR_SERVER_ACCOUNT,
+            "envoy-server",
+        )
+        .await
+        .context("server sidecar")?;
+        let client = envoy_sidecar(
+            meshgen::sidecar_client_node(envoy_client, "envoy-client"),
+            envoy_client,
+            &credentials[2],
+            meshgen::SIDECAR_CLIENT_ACCOUNT,
+            "envoy-client",
+        )
+        .await
+        .context("client sidecar")?;
+        anyhow::Ok((client, server))
+    }
+    .await;
+
+    let (mizzen, mizzen_peer, mizzen_error) = split_pair(mizzen_pair, "mizzen-proxy");
+    let (envoy, envoy_peer, envoy_error) = split_pair(envoy_pair, "Envoy");
+    let outbound = |ip: Ipv4Addr| SocketAddr::from((ip, 15001));
+    let mut dp = DataPlane::new(
+        upstream,
+        pilot,
+        (mizzen, mizzen_error),
+        (envoy, envoy_error),
+        SidecarService::ALL
+            .iter()
+            .map(|&s| {
+                (
+                    Service::Sidecar(s),
+                    [
+                        upstream_addr,
+                        outbound(mizzen_client),
+                        outbound(envoy_client),
+                    ],
+                )
+            })
+            .collect(),
+    );
+    dp.mizzen_peer = mizzen_peer;
+    dp.envoy_peer = envoy_peer;
+    dp.helpers = helpers;
+    for s in SidecarService::ALL {
+        dp.hosts.push((
+            Service::Sidecar(s),
+            [None, Some(s.host(MIZZEN_PAIR)), Some(s.host(ENVOY_PAIR))],
+        ));
+        dp.peer_clusters.push((
+            Service::Sidecar(s),
+            [
+                None,
+                Some(s.cluster(MIZZEN_PAIR)),
+                Some(s.cluster(ENVOY_PAIR)),
+            ],
+        ));
+    }
+    // Ready is not routable yet: wait for every service through each pair
+    // (endpoints, certificates and the server's inbound listener).
+    for arm in [Arm::Mizzen, Arm::Envoy] {
+        for s in SidecarService::ALL {
+            let service = Service::Sidecar(s);
+            if dp.check(arm).is_err() {
+                break;
+            }
+            let host = dp.host(arm, service).unwrap_or_default();
+            if let Err(e) = crate::procs::wait_ok_host(
+                dp.target(arm, service),
+                &host,
+                "/",
+                Duration::from_secs(30),
+            )
+            .await
+            {
+                let reason = format!("{} pair never reached the upstream: {e:#}", arm.label());
+                dp.drop_proxy(arm, reason).await;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for spec in sidecar_scenario_specs(opts) {
+        eprintln!("-- {}", spec.title);
+        let scenario = run_scenario(opts, bins, &mut dp, &spec).await;
+        report.scenarios.push(scenario);
+    }
+    dp.stop().await;
+    Ok(())
+}
+
+/// A started pair as (client, server, None), or why it did not start.
+fn split_pair<P>(
+    pair: anyhow::Result<(P, P)>,
+    who: &str,
+) -> (Option<P>, Option<P>, Option<String>) {
+    match pair {
+        Ok((client, server)) => (Some(client), Some(server), None),
+        Err(e) => (
+            None,
+            None,
+            Some(format!("{who} sidecars did not start: {e:#}")),
+        ),
+    }
 }
 
 fn recreate_dir(dir: &Path) -> anyhow::Result<()> {
@@ -795,6 +1189,12 @@ fn describe(s: &Sample) -> String {
     if let Some(c) = s.proxy_cpu_us_per_request {
         text.push_str(&format!(" ({c:.1} µs/req)"));
     }
+    if let Some(c) = s.upstream_connections_per_request {
+        text.push_str(&format!(", {c:.2} sidecar connections/req"));
+    }
+    if let Some(r) = s.tls_resumed_per_connection {
+        text.push_str(&format!(" ({:.0} % resumed)", r * 100.0));
+    }
     if let Some(b) = s.bytes_per_proxy_cpu_second {
         text.push_str(&format!(" ({:.2} GiB per CPU-s)", b / (1u64 << 30) as f64));
     }
@@ -824,16 +1224,35 @@ async fn measure(
         sample.error = Some(reason);
         return sample;
     }
-    let target = dp.target(arm, spec.load.service());
+    let target = dp.target(arm, spec.service);
+    let host = dp.host(arm, spec.service);
     let proxy_pid = dp.proxy_pid(arm);
+    let mut headers: Vec<String> = host.iter().map(|h| format!("Host: {h}")).collect();
+    if matches!(spec.load, Load::WrkClose) {
+        headers.push("Connection: close".to_owned());
+    }
+    let peer_cluster = dp.peer_cluster(arm, spec.service);
+    let connections_before = match &peer_cluster {
+        Some(cluster) => dp.connections_opened(arm, cluster).await,
+        None => None,
+    };
     let result = match spec.load {
         Load::Tcp(mode) => tcp_load(opts, bins, dp, target, mode, proxy_pid).await,
-        Load::Paced { rate } => paced(opts, bins, dp, target, rate).await,
-        Load::Wrk => closed_loop(dp, Tool::wrk(target, opts.connections, opts.duration)).await,
+        Load::Paced { rate } => {
+            let host = host.unwrap_or_else(|| target.to_string());
+            paced(opts, bins, dp, (target, &host), rate, spec.duration).await
+        }
+        Load::Wrk | Load::WrkClose => {
+            closed_loop(
+                dp,
+                Tool::wrk(target, opts.connections, spec.duration, &headers),
+            )
+            .await
+        }
         Load::H2load => {
             closed_loop(
                 dp,
-                Tool::h2load(target, opts.connections, opts.h2_streams, opts.duration),
+                Tool::h2load(target, opts.connections, opts.h2_streams, spec.duration),
             )
             .await
         }
@@ -874,6 +1293,20 @@ async fn measure(
         }
         Outcome::Max(t) => {
             sample.rate = t.rate;
+            if let (Some(cluster), Some(before)) = (&peer_cluster, connections_before)
+                && let Some(after) = dp.connections_opened(arm, cluster).await
+            {
+                let opened = after.0.saturating_sub(before.0);
+                sample.upstream_connections = Some(opened);
+                if t.ok + t.failed > 0 {
+                    sample.upstream_connections_per_request =
+                        Some(opened as f64 / (t.ok + t.failed) as f64);
+                }
+                if let (Some(b), Some(a), true) = (before.1, after.1, opened > 0) {
+                    sample.tls_resumed_per_connection =
+                        Some(a.saturating_sub(b) as f64 / opened as f64);
+                }
+            }
             sample.ok = t.ok;
             sample.failed = t.failed;
             sample.closed_loop_p99_us = t.p99_us;
@@ -902,10 +1335,12 @@ async fn measure(
             }
         }
     }
-    if let Some(pid) = proxy_pid {
+    let proxy_pids = dp.proxy_pids(arm);
+    if !proxy_pids.is_empty() {
         // The TCP client reads the proxy's CPU over exactly its counted
-        // window; the other loads are timed from outside.
-        let cores = match &outcome {
+        // window; the other loads are timed from outside. A pair's CPU is
+        // both proxies'.
+        let cores_of = |pid: u32| match &outcome {
             Outcome::Tcp(_, t) => t
                 .cpu_seconds
                 .iter()
@@ -913,6 +1348,7 @@ async fn measure(
                 .map_or_else(|| cpu.of(pid), |(_, secs)| secs / t.seconds),
             _ => cpu.of(pid),
         };
+        let cores: f64 = proxy_pids.iter().map(|&pid| cores_of(pid)).sum();
         sample.proxy_cores = Some(cores);
         if sample.rate > 0.0 && cores > 0.0 {
             sample.proxy_cpu_us_per_request = Some(cores / sample.rate * 1e6);
@@ -942,14 +1378,17 @@ async fn paced(
     opts: &Options,
     bins: &Binaries,
     dp: &DataPlane,
-    target: SocketAddr,
+    (target, host): (SocketAddr, &str),
     rate: f64,
+    duration: Duration,
 ) -> anyhow::Result<(Outcome, CpuUse, u32)> {
     let mut command = Command::new(&bins.harness);
     command
         .arg("load")
         .arg("--target")
         .arg(target.to_string())
+        .arg("--host")
+        .arg(host)
         .arg("--rate")
         .arg(rate.to_string())
         .arg("--connections")
@@ -957,7 +1396,7 @@ async fn paced(
         .arg("--warmup-ms")
         .arg(opts.warmup.as_millis().to_string())
         .arg("--duration-ms")
-        .arg(opts.duration.as_millis().to_string())
+        .arg(duration.as_millis().to_string())
         .arg("--expect-body-bytes")
         .arg(opts.body_bytes.to_string())
         .stdin(std::process::Stdio::null())
@@ -969,7 +1408,7 @@ async fn paced(
     let mut pids = dp.pids();
     pids.push(pid);
     let window = CpuWindow::start(&pids);
-    let limit = opts.warmup + opts.duration + Duration::from_secs(15);
+    let limit = opts.warmup + duration + Duration::from_secs(15);
     let output = tokio::time::timeout(limit, child.wait_with_output())
         .await
         .context("the load generator overran its time limit")??;
@@ -1070,7 +1509,12 @@ async fn profile(opts: &Options, pid: u32, target: SocketAddr, seconds: u64) -> 
         how,
         ..Default::default()
     };
-    let mut tool = Tool::wrk(target, opts.connections, Duration::from_secs(seconds + 2));
+    let mut tool = Tool::wrk(
+        target,
+        opts.connections,
+        Duration::from_secs(seconds + 2),
+        &[],
+    );
     let wrk = match tool.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -1594,5 +2038,36 @@ mod tests {
             .map(|s| s.id.clone())
             .collect();
         assert_eq!(tcp, ["tcp_stream", "tcp_echo"]);
+        let sidecars: Vec<String> = sidecar_scenario_specs(&full)
+            .iter()
+            .map(|s| s.id.clone())
+            .collect();
+        assert_eq!(
+            sidecars,
+            [
+                "mtls_http1_paced_1000",
+                "mtls_http1_max",
+                "plaintext_sidecars_http1_max",
+                "mtls_handshakes"
+            ]
+        );
+        assert!(quick.sidecar_duration < full.sidecar_duration);
+    }
+
+    #[test]
+    fn admin_stat_values() {
+        let stats = "cluster.outbound|80||a.bench.svc.cluster.local.upstream_cx_total: 12\n\
+                     cluster.outbound|80||a.bench.svc.cluster.local.upstream_cx_total_x: 3\n\
+                     cluster.outbound|80||a.bench.svc.cluster.local.ssl.session_reused: 4\n";
+        let name = "cluster.outbound|80||a.bench.svc.cluster.local";
+        assert_eq!(
+            stat_value(stats, &format!("{name}.upstream_cx_total")),
+            Some(12)
+        );
+        assert_eq!(
+            stat_value(stats, &format!("{name}.ssl.session_reused")),
+            Some(4)
+        );
+        assert_eq!(stat_value(stats, "cluster.other.upstream_cx_total"), None);
     }
 }

@@ -29,6 +29,8 @@ pub enum Phase {
     DataPlane,
     /// Raw TCP through sidecars.
     Tcp,
+    /// Sidecar pairs talking mutual TLS: latency, throughput, handshakes.
+    Mtls,
     Memory,
     Pilot,
 }
@@ -61,6 +63,9 @@ pub enum Command {
         /// Seconds per raw TCP measurement (after its warm-up).
         #[arg(long)]
         tcp_seconds: Option<u64>,
+        /// Seconds per sidecar-pair (mTLS) measurement.
+        #[arg(long)]
+        mtls_seconds: Option<u64>,
         /// Paced rates, req/s (comma-separated).
         #[arg(long, value_delimiter = ',')]
         rates: Option<Vec<f64>>,
@@ -171,6 +176,7 @@ pub fn main() -> ExitCode {
             reps,
             seconds,
             tcp_seconds,
+            mtls_seconds,
             rates,
             services,
             proxies,
@@ -203,6 +209,9 @@ pub fn main() -> ExitCode {
             if let Some(s) = tcp_seconds {
                 opts.tcp_duration = Duration::from_secs(s.max(1));
             }
+            if let Some(s) = mtls_seconds {
+                opts.sidecar_duration = Duration::from_secs(s.max(1));
+            }
             if let Some(r) = rates {
                 opts.rates = r;
             }
@@ -221,6 +230,7 @@ pub fn main() -> ExitCode {
             if let Some(only) = only {
                 opts.data_plane = only.contains(&Phase::DataPlane);
                 opts.tcp = only.contains(&Phase::Tcp);
+                opts.sidecars = only.contains(&Phase::Mtls);
                 opts.memory = only.contains(&Phase::Memory);
                 opts.pilot = only.contains(&Phase::Pilot);
             }

