@@ -44,6 +44,9 @@ impl NetworkConfig {
     }
 }
 const OWNERS_DIR: &str = "/run/mizzen/owners";
+/// Per-pod credentials (`POD_SECRETS_DIR/<netns>/`), removed with the
+/// pod's namespace so that a failed or crashed run leaves no tokens behind.
+pub const POD_SECRETS_DIR: &str = "/run/mizzen/secrets";
 
 /// Whether this process may create namespaces (runs as root).
 pub fn is_root() -> bool {
@@ -177,6 +180,12 @@ impl PodNetwork {
         self.save()?;
         run("ip", &["netns", "add", &netns])?;
         let veth = veth_name(&netns);
+        // The veth of a namespace of the same name lives on until the
+        // kernel has freed that namespace (its last sockets can linger for
+        // a minute after a quick restart); the name is ours, so remove it.
+        if run("ip", &["link", "show", &veth]).is_ok() {
+            let _ = run("ip", &["link", "del", &veth]);
+        }
         run(
             "ip",
             &[
@@ -356,6 +365,7 @@ fn remove_netns(netns: &str) {
     }
     let _ = run("ip", &["netns", "del", netns]);
     let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(netns));
+    let _ = std::fs::remove_dir_all(Path::new(POD_SECRETS_DIR).join(netns));
 }
 
 /// Removes what runs that no longer exist created.
@@ -388,14 +398,16 @@ fn clean_leftovers() {
     }
 }
 
-/// A pod's `/etc/hosts`: itself, and every service by the names a pod in
+/// A pod's `/etc/hosts`: itself, every service by the names a pod in
 /// `namespace` may use (short names only for its own namespace, as the
-/// Kubernetes DNS search path gives).
+/// Kubernetes DNS search path gives), and `external` names (the hosts of
+/// ServiceEntries) as they are, in every namespace.
 pub fn hosts_file(
     pod_name: &str,
     pod_ip: Ipv4Addr,
     namespace: &str,
     services: &[(String, String, std::net::IpAddr)],
+    external: &[(String, std::net::IpAddr)],
     domain_suffix: &str,
 ) -> String {
     let mut out = String::from("127.0.0.1 localhost\n::1 localhost\n");
@@ -409,6 +421,9 @@ pub fn hosts_file(
         names.push(format!("{name}.{service_namespace}.svc"));
         names.push(format!("{name}.{service_namespace}.svc.{domain_suffix}"));
         out.push_str(&format!("{address} {}\n", names.join(" ")));
+    }
+    for (name, address) in external {
+        out.push_str(&format!("{address} {name}\n"));
     }
     out
 }
@@ -436,8 +451,13 @@ mod tests {
             Ipv4Addr::new(10, 213, 0, 11),
             "istioinaction",
             &services,
+            &[(
+                "api.example.com".to_string(),
+                "203.0.113.7".parse().unwrap(),
+            )],
             "cluster.local",
         );
+        assert!(hosts.contains("203.0.113.7 api.example.com\n"));
         assert!(hosts.contains(
             "10.96.0.5 service-b service-b.istioinaction service-b.istioinaction.svc service-b.istioinaction.svc.cluster.local\n"
         ));

@@ -50,8 +50,9 @@ pub struct PodOptions {
 /// The pilot's certificate service port (Istio's 15012).
 pub const CA_PORT: u16 = 15012;
 /// Where each pod's credentials go (`SECRETS_DIR/<netns>/`), like the
-/// projected token and root-cert volumes of an Istio pod.
-const SECRETS_DIR: &str = "/run/mizzen/secrets";
+/// projected token and root-cert volumes of an Istio pod; removed with the
+/// pod's namespace.
+const SECRETS_DIR: &str = netns::POD_SECRETS_DIR;
 
 pub struct PodMesh {
     pub pilot: Pilot,
@@ -144,8 +145,10 @@ impl PodMesh {
         let services: Vec<(String, String, IpAddr)> = model
             .services
             .values()
+            .filter(|s| s.entry.is_none())
             .filter_map(|s| Some((s.name.clone(), s.namespace.clone(), s.address?)))
             .collect();
+        let external = external_hosts(&model);
         let network = self.network.as_mut().context("pod network gone")?;
         let xds = format!("http://{}", self.pilot.xds_address());
         let mut proxies = Vec::new();
@@ -160,6 +163,7 @@ impl PodMesh {
                 ip,
                 &workload.namespace,
                 &services,
+                &external,
                 mizzen_pilot::DEFAULT_DOMAIN_SUFFIX,
             );
             network.add_pod(&key, ip, &hosts)?;
@@ -336,14 +340,33 @@ impl PodMesh {
         }
         if let Some(network) = self.network.take() {
             // Process shutdown waits; keep the runtime free.
-            let netns: Vec<String> = network.pods().map(|(_, pod)| pod.netns.clone()).collect();
             let _ = tokio::task::spawn_blocking(move || network.destroy()).await;
-            for netns in netns {
-                let _ = std::fs::remove_dir_all(std::path::Path::new(SECRETS_DIR).join(netns));
-            }
         }
         self.pilot.shutdown();
     }
+}
+
+/// Where the hosts of ServiceEntries resolve inside pods, standing in for
+/// the DNS that would answer for them outside: the entry's own address,
+/// else (resolution STATIC) its first endpoint — what a name of a server
+/// outside the mesh resolves to. Either way the connection is captured
+/// and the sidecar routes it by the ServiceEntry. Wildcard hosts and hosts
+/// with nothing to resolve to get no line.
+fn external_hosts(model: &Model) -> Vec<(String, IpAddr)> {
+    model
+        .services
+        .values()
+        .filter(|s| !s.hostname.contains('*'))
+        .filter_map(|service| {
+            let entry = service.entry.as_ref()?;
+            let address = service.address.or_else(|| {
+                (entry.resolution == mizzen_pilot::model::Resolution::Static)
+                    .then(|| entry.endpoints.iter().find_map(|e| e.address.parse().ok()))
+                    .flatten()
+            })?;
+            Some((service.hostname.clone(), address))
+        })
+        .collect()
 }
 
 /// Writes a pod's bootstrap token (for its service account) and the mesh

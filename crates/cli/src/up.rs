@@ -108,12 +108,15 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             .iter()
             .filter(|w| w.labels.get("istio").map(String::as_str) == Some("ingressgateway"))
             .take(1)
-            .map(|w| {
-                (
-                    SocketAddr::from(([127, 0, 0, 1], 8080)),
-                    format!("{}/{}", w.namespace, w.name),
-                    8080,
-                )
+            .flat_map(|w| {
+                // HTTP and HTTPS, the gateway Service's usual target ports.
+                [8080, 8443].map(|port| {
+                    (
+                        SocketAddr::from(([127, 0, 0, 1], port)),
+                        format!("{}/{}", w.namespace, w.name),
+                        port,
+                    )
+                })
             })
             .collect();
         let log_dir = crate::meshes::home().join("logs");

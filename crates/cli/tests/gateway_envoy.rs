@@ -897,7 +897,6 @@ async fn envoy_gateway_tls_and_service_entries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "run when mizzen-proxy serves gateway TLS: cargo test --test gateway_envoy -- --ignored"]
 async fn mizzen_proxy_gateway_tls_and_service_entries() {
     gateway_and_sidecar(DataPlane::Mizzen).await;
 }
