@@ -175,7 +175,6 @@ pub fn labels_match(
 pub struct Endpoint {
     pub address: IpAddr,
     pub port: u16,
-    pub labels: BTreeMap<String, String>,
     /// Whether clients should send Istio mutual TLS to it (auto mTLS): a
     /// sidecar runs beside it and its PeerAuthentication does not disable
     /// mutual TLS on this port.
@@ -553,7 +552,6 @@ impl Model {
                 Some(Endpoint {
                     address: w.address,
                     port: target,
-                    labels: w.labels.clone(),
                     mtls: self.mtls && internal && w.sidecar && w.peer.accepts_mtls(target),
                     locality: w.locality.clone(),
                 })
@@ -1006,7 +1004,6 @@ impl Model {
                 Some(Endpoint {
                     address,
                     port: Service::entry_port(port, e),
-                    labels: e.labels.clone(),
                     mtls: self.mtls && !entry.mesh_external && tls_mode == Some("istio"),
                     locality: e.locality.clone(),
                 })
