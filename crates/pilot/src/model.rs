@@ -260,6 +260,10 @@ pub struct Model {
     /// hostname: computed once per model so that endpoint lookups, done for
     /// every cluster of every proxy, do not scan every workload.
     selected: BTreeMap<String, Vec<usize>>,
+    /// Who may serve each service (secure naming), by hostname: the same
+    /// for every proxy, so computed once per model, and only when the mesh
+    /// runs mutual TLS.
+    identities: BTreeMap<String, Vec<String>>,
     pub virtual_services: Vec<Config<mizzen_api::networking::VirtualService>>,
     pub destination_rules: Vec<Config<mizzen_api::networking::DestinationRule>>,
     pub gateways: Vec<Config<mizzen_api::networking::Gateway>>,
@@ -369,6 +373,13 @@ impl Model {
                 (service.hostname.clone(), indexes)
             })
             .collect();
+        if model.mtls {
+            model.identities = model
+                .services
+                .values()
+                .map(|service| (service.hostname.clone(), model.compute_identities(service)))
+                .collect();
+        }
         model.fault_injection = model
             .virtual_services
             .iter()
@@ -565,8 +576,16 @@ impl Model {
     }
 
     /// The SPIFFE identities of the workloads behind a service: who may
-    /// serve it (Istio's secure naming), sorted.
-    pub fn service_identities(&self, service: &Service) -> Vec<String> {
+    /// serve it (Istio's secure naming), sorted. Empty when the mesh runs
+    /// no mutual TLS.
+    pub fn service_identities(&self, service: &Service) -> &[String] {
+        self.identities
+            .get(&service.hostname)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    fn compute_identities(&self, service: &Service) -> Vec<String> {
         let mut out: Vec<String> = self
             .selected_workloads(service)
             .map(|w| self.spiffe_id(&w.namespace, &w.service_account))

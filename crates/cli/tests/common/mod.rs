@@ -180,38 +180,38 @@ pub async fn capture_http(
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let _ = netns::run("kill", &["-INT", &tshark.id().to_string()]);
     let _ = tshark.wait();
-    let read = |args: &[&str]| {
-        let mut all = vec!["-r", file.to_str().unwrap()];
-        all.extend_from_slice(args);
+    // Each read decodes the ports as `protocol` whatever they are, so
+    // cleartext HTTP or TLS is found even on ports tshark does not
+    // associate with it.
+    let read = |protocol: &str, query: &[&str]| {
+        let mut all = vec!["-r".to_string(), file.to_string_lossy().to_string()];
+        for port in ports.split(',') {
+            all.push("-d".to_string());
+            all.push(format!("tcp.port=={port},{protocol}"));
+        }
+        all.extend(query.iter().map(|q| q.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
         netns::run("tshark", &all).unwrap_or_default()
     };
-    // Decode the ports as HTTP whatever they are, so cleartext is found
-    // even on ports tshark does not associate with HTTP.
-    let mut decode = Vec::new();
-    for port in ports.split(',') {
-        decode.push("-d".to_string());
-        decode.push(format!("tcp.port=={port},http"));
-    }
-    let mut http_args: Vec<&str> = decode.iter().map(String::as_str).collect();
-    http_args.extend([
-        "-Y",
-        "http.request",
-        "-T",
-        "fields",
-        "-e",
-        "ip.src",
-        "-e",
-        "http.request.uri",
-    ]);
-    let http = read(&http_args);
-    let mut tls_args: Vec<String> = Vec::new();
-    for port in ports.split(',') {
-        tls_args.push("-d".to_string());
-        tls_args.push(format!("tcp.port=={port},tls"));
-    }
-    let mut tls_args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
-    tls_args.extend(["-Y", "tls.record", "-T", "fields", "-e", "frame.number"]);
-    let tls = read(&tls_args).lines().count();
+    let http = read(
+        "http",
+        &[
+            "-Y",
+            "http.request",
+            "-T",
+            "fields",
+            "-e",
+            "ip.src",
+            "-e",
+            "http.request.uri",
+        ],
+    );
+    let tls = read(
+        "tls",
+        &["-Y", "tls.record", "-T", "fields", "-e", "frame.number"],
+    )
+    .lines()
+    .count();
     let _ = std::fs::remove_file(&file);
     (http, tls)
 }

@@ -56,19 +56,14 @@ pub fn clusters(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
         let rule = model
             .destination_rule(&service.hostname, &proxy.namespace)
             .map(|r| &r.spec);
-        // Secure naming: who may serve the service, computed once for all
-        // its clusters.
-        let identities = if model.mtls {
-            model.service_identities(service)
-        } else {
-            Vec::new()
-        };
+        // Secure naming: who may serve the service.
+        let identities = model.service_identities(service);
         for port in &service.ports {
             let subsets = rule.map(|r| r.subsets.as_slice()).unwrap_or_default();
             for subset in std::iter::once("").chain(subsets.iter().map(|s| s.name.as_str())) {
                 let name = outbound_cluster_name(port.port, subset, &service.hostname);
                 let policy = policy::effective(rule, subset, port.port);
-                let tls = cluster_tls(model, service, port, subset, &policy, &identities);
+                let tls = cluster_tls(model, service, port, subset, &policy, identities);
                 out.push(eds_cluster(name, port, &policy, tls, |cluster| {
                     super::service_entry::resolve(cluster, model, service, port, subset)
                 }));

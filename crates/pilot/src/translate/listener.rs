@@ -64,6 +64,16 @@ pub fn http_connection_manager(
     explicit_proxy: bool,
     filters: HcmFilters,
 ) -> Filter {
+    hcm_filter(&hcm_config(stat_prefix, routes, explicit_proxy, filters))
+}
+
+/// The connection manager's config, for callers that set more fields.
+fn hcm_config(
+    stat_prefix: String,
+    routes: Routes,
+    explicit_proxy: bool,
+    filters: HcmFilters,
+) -> HttpConnectionManager {
     let route_specifier = match routes {
         Routes::Rds(name) => RouteSpecifier::Rds(Rds {
             config_source: Some(ads_config_source()),
@@ -71,7 +81,7 @@ pub fn http_connection_manager(
         }),
         Routes::Inline(config) => RouteSpecifier::RouteConfig(*config),
     };
-    let hcm = HttpConnectionManager {
+    HttpConnectionManager {
         stat_prefix,
         codec_type: CodecType::Auto as i32,
         route_specifier: Some(route_specifier),
@@ -110,10 +120,13 @@ pub fn http_connection_manager(
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
+
+fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
     Filter {
         name: HCM.to_string(),
-        config_type: Some(filter::ConfigType::TypedConfig(mizzen_xds::pack(&hcm))),
+        config_type: Some(filter::ConfigType::TypedConfig(mizzen_xds::pack(hcm))),
     }
 }
 
@@ -151,7 +164,8 @@ pub fn sidecar_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
 fn explicit_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
     let mut out = Vec::new();
     let peer = model.peer_policy(proxy);
-    for (port, protocol) in inbound_ports(model, proxy) {
+    let inbound = inbound_ports(model, proxy);
+    for (&port, &protocol) in &inbound {
         let name = format!("{}_{port}", proxy.ip);
         let mode = model.mtls.then(|| peer.for_port(port));
         let chains = inbound_chains(model, port, protocol, mode, None);
@@ -168,8 +182,7 @@ fn explicit_listeners(model: &Model, proxy: &ProxyNode) -> Vec<Resource> {
     // TCP services have no explicit-proxy protocol: each port gets a listener
     // of its own on the proxy's address (as a Sidecar egress `bind` would),
     // unless the port is taken.
-    let mut taken: std::collections::BTreeSet<u16> =
-        inbound_ports(model, proxy).into_keys().collect();
+    let mut taken: std::collections::BTreeSet<u16> = inbound.into_keys().collect();
     taken.insert(OUTBOUND_PORT);
     for service in model.visible_services(proxy) {
         for port in service.ports.iter().filter(|p| !p.protocol.is_http()) {
@@ -777,35 +790,24 @@ fn inbound_http_connection_manager(
     filters: HcmFilters,
     mtls: bool,
 ) -> Filter {
-    let filter = http_connection_manager(
+    let mut hcm = hcm_config(
         stat_prefix,
         Routes::Inline(Box::new(route::inbound_route_config(port))),
         false,
         filters,
     );
-    if !mtls {
-        return filter;
+    if mtls {
+        hcm.forward_client_cert_details =
+            http_connection_manager::ForwardClientCertDetails::AppendForward as i32;
+        hcm.set_current_client_cert_details =
+            Some(http_connection_manager::SetCurrentClientCertDetails {
+                subject: Some(BoolValue { value: true }),
+                dns: true,
+                uri: true,
+                ..Default::default()
+            });
     }
-    let Some(filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
-        return filter;
-    };
-    let Ok(mut hcm) = <HttpConnectionManager as prost::Message>::decode(any.value.as_slice())
-    else {
-        return filter;
-    };
-    hcm.forward_client_cert_details =
-        http_connection_manager::ForwardClientCertDetails::AppendForward as i32;
-    hcm.set_current_client_cert_details =
-        Some(http_connection_manager::SetCurrentClientCertDetails {
-            subject: Some(BoolValue { value: true }),
-            dns: true,
-            uri: true,
-            ..Default::default()
-        });
-    Filter {
-        name: HCM.to_string(),
-        config_type: Some(filter::ConfigType::TypedConfig(mizzen_xds::pack(&hcm))),
-    }
+    hcm_filter(&hcm)
 }
 
 #[cfg(test)]
